@@ -1,0 +1,5 @@
+import sys
+
+from hyperion.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Intake: where requests come in. Every source hands bytes to :func:`accept`."""

@@ -1,0 +1,121 @@
+"""The single path every source uses: bytes in, a durable record out (queued or rejected).
+
+When accept() returns, the record (and, if accepted, its spool item) is on disk: a source may
+then delete what it read. Calling accept() twice with the same bytes is a no-op, which is what
+makes a crash between "record written" and "source file removed" harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from hyperion.app import App
+from hyperion.errors import Code, ErrorInfo, GateError
+from hyperion.gate.verdict import judge, repo_name
+from hyperion.records import Record, Source, State, now_iso
+from hyperion.requests import Request, claimed_id, load_json, request_from_json
+
+log = logging.getLogger("hyperion.intake")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    id: str
+    state: State
+    error: ErrorInfo | None
+    repeated: bool = False      # these exact bytes were accepted before: nothing new happened
+
+
+def _fallback_id(source: Source, digest: str) -> str:
+    stem = source.name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")[:80] or "request"
+    if not stem[0].isalnum():
+        stem = "r" + stem
+    return f"{stem}.rej-{digest[:12]}"
+
+
+def accept(app: App, data: bytes, source: Source, *, by: str = "intake") -> Outcome:
+    digest = hashlib.sha256(data).hexdigest()
+    limits = app.config.limits
+    obj: Any = None
+    request: Request | None = None
+    try:
+        obj = load_json(data, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth)
+        request = request_from_json(obj)
+    except GateError as exc:
+        return _reject(app, data, digest, source, claimed_id(obj), obj, exc.info, by)
+
+    existing = app.records.get(request.id)
+    if existing is not None:
+        if existing.original_sha256 == digest:
+            if existing.state is State.QUEUED:
+                _enqueue(app, request)   # finishes an intake that crashed before its put
+            return Outcome(existing.id, existing.state, existing.error, repeated=True)
+        info = ErrorInfo(code=Code.DUPLICATE, path="id", message=(
+            f"a different request with id {request.id!r} was already received "
+            f"({existing.state.value}); give this one a new id"))
+        return _reject(app, data, digest, source, None, obj, info, by)
+
+    try:
+        judge(request, app.config)
+        repo = repo_name(request, app.config)
+    except GateError as exc:
+        return _reject(app, data, digest, source, request.id, obj, exc.info, by)
+
+    target = request.target or app.config.repos[repo].target
+    at = now_iso()
+    record = Record(
+        id=request.id, kind=request.kind, state=State.QUEUED, title=request.title, repo=repo,
+        target=target, agent=getattr(request, "agent", None) or getattr(request,
+                                                                       "requested_by", None),
+        base=request.base or target, source=source, original_sha256=digest, created_at=at,
+        updated_at=at)
+    if not app.records.create(record, data, by=by, reason=f"accepted from {source.kind}"):
+        # Lost a race with another intake of the same id: judge again as a repeat.
+        return accept(app, data, source, by=by)
+    _enqueue(app, request)
+    log.info("accepted %s from %s", request.id, source.name, extra={"request_id": request.id})
+    return Outcome(request.id, State.QUEUED, None)
+
+
+def _enqueue(app: App, request: Request) -> None:
+    payload = request.model_dump_json(by_alias=True).encode()
+    app.spool.put(request.id, payload, priority=request.priority)
+
+
+def _reject(app: App, data: bytes, digest: str, source: Source, wanted_id: str | None,
+            obj: Any, info: ErrorInfo, by: str) -> Outcome:
+    record_id = wanted_id or _fallback_id(source, digest)
+    existing = app.records.get(record_id)
+    if existing is not None:
+        if existing.original_sha256 == digest:
+            return Outcome(existing.id, existing.state, existing.error, repeated=True)
+        record_id = f"{record_id[:100]}.rej-{digest[:12]}"
+        existing = app.records.get(record_id)
+        if existing is not None:
+            return Outcome(existing.id, existing.state, existing.error, repeated=True)
+    fields = obj if isinstance(obj, dict) else {}
+
+    def text(key: str) -> str | None:
+        value = fields.get(key)
+        return value[:200] if isinstance(value, str) else None
+
+    kind = text("kind")
+    at = now_iso()
+    record = Record(
+        id=record_id, kind=kind if kind in ("change", "task") else "unknown",
+        state=State.REJECTED, title=text("title") or "", repo=text("repo"), target=text("target"),
+        agent=text("agent") or text("requested_by"), error=info, source=source,
+        original_sha256=digest, created_at=at, updated_at=at)
+    if not app.records.create(record, data, by=by, reason=info.summary()):
+        return _reject(app, data, digest, source, wanted_id, obj, info, by)
+    log.info("rejected %s from %s: %s", record_id, source.name, info.code.value,
+             extra={"request_id": record_id})
+    stored = app.records.get(record_id)
+    if stored is not None:
+        app.reporter.outcome(stored)
+    return Outcome(record_id, State.REJECTED, info)

@@ -1,0 +1,195 @@
+"""Request records: the one owner of state_dir/records/ and of audit.jsonl.
+
+A record is what a person asks about: a request's state, history, error and outcome. Each is
+one JSON file, rewritten atomically on every transition; every transition is also appended to
+the audit log. The original bytes a request arrived as are kept beside its record.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hyperion.errors import ErrorInfo
+from hyperion.fsutil import append_line, fsync_dir, write_atomic
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    HELD = "held"
+    LANDED = "landed"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({State.LANDED, State.REJECTED, State.FAILED, State.ROLLED_BACK,
+                      State.CANCELLED})
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class HistoryEntry(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    at: str
+    from_: State | None = Field(None, alias="from")
+    to: State
+    by: str
+    reason: str
+
+
+class CheckResult(BaseModel):
+    name: str
+    ok: bool
+    exit_code: int | None
+    timed_out: bool
+    seconds: float
+    artifact: str
+    tail: str = ""
+
+
+class Source(BaseModel):
+    kind: str          # "inbox" | "cli"
+    name: str          # the file it came from
+
+
+class Record(BaseModel):
+    id: str
+    kind: str          # "change" | "task" | "unknown" (unparseable)
+    state: State
+    title: str = ""
+    repo: str | None = None
+    target: str | None = None
+    agent: str | None = None
+    attempts: int = 0
+    error: ErrorInfo | None = None
+    base: str | None = None
+    base_commit: str | None = None
+    applied_onto: str | None = None
+    landed_commit: str | None = None
+    checks: list[CheckResult] = Field(default_factory=list)
+    source: Source
+    original_sha256: str
+    created_at: str
+    updated_at: str
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+class RecordStore:
+    """records/<id>.json (the record), records/<id>.request (original bytes), audit.jsonl."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "records"
+        self.audit_path = state_dir / "audit.jsonl"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_path = self.root / ".lock"
+        self._thread_lock = threading.Lock()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        # One writer at a time, across threads (the mutex) and processes (flock).
+        with self._thread_lock:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    def _path(self, record_id: str) -> Path:
+        return self.root / f"{record_id}.json"
+
+    def original_path(self, record_id: str) -> Path:
+        return self.root / f"{record_id}.request"
+
+    def get(self, record_id: str) -> Record | None:
+        try:
+            raw = self._path(record_id).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return Record.model_validate_json(raw)
+        except ValidationError:
+            return None
+
+    def exists(self, record_id: str) -> bool:
+        return self._path(record_id).exists()
+
+    def create(self, record: Record, original: bytes, *, by: str, reason: str) -> bool:
+        """Store a new record and its original bytes durably; False if the id is taken."""
+        entry = HistoryEntry(at=record.created_at, from_=None, to=record.state, by=by,
+                             reason=reason)
+        record = record.model_copy(update={"history": [entry]})
+        with self._locked():
+            path = self._path(record.id)
+            if path.exists():
+                return False
+            write_atomic(self.original_path(record.id), original, sync_dir=False)
+            write_atomic(path, _dump(record))
+            self._audit(record.id, entry)
+        return True
+
+    def transition(self, record_id: str, to: State, *, by: str, reason: str,
+                   **updates: Any) -> Record:
+        with self._locked():
+            record = self.get(record_id)
+            if record is None:
+                raise KeyError(record_id)
+            at = now_iso()
+            entry = HistoryEntry(at=at, from_=record.state, to=to, by=by, reason=reason)
+            record = record.model_copy(update={
+                **updates, "state": to, "updated_at": at,
+                "history": [*record.history, entry]})
+            write_atomic(self._path(record_id), _dump(record))
+            self._audit(record_id, entry)
+            return record
+
+    def update(self, record_id: str, **updates: Any) -> Record:
+        """Change fields without a state transition (e.g. check results while running)."""
+        with self._locked():
+            record = self.get(record_id)
+            if record is None:
+                raise KeyError(record_id)
+            record = record.model_copy(update={**updates, "updated_at": now_iso()})
+            write_atomic(self._path(record_id), _dump(record))
+            return record
+
+    def all(self) -> list[Record]:
+        out = []
+        for name in os.listdir(self.root):
+            if name.endswith(".json") and not name.startswith("."):
+                record = self.get(name[:-5])
+                if record is not None:
+                    out.append(record)
+        out.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return out
+
+    def _audit(self, record_id: str, entry: HistoryEntry) -> None:
+        line = {"id": record_id, **entry.model_dump(mode="json", by_alias=True)}
+        append_line(self.audit_path, json.dumps(line, sort_keys=True).encode())
+
+    def sync(self) -> None:
+        fsync_dir(self.root)
+
+
+def _dump(record: Record) -> bytes:
+    return record.model_dump_json(by_alias=True, indent=2).encode() + b"\n"

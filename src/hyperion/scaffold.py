@@ -1,0 +1,56 @@
+"""`hyperion init`: a working setup in a folder. Never overwrites anything."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+CONFIG_TEMPLATE = """\
+# hyperion configuration. Relative paths resolve against this file's folder.
+state_dir: .hyperion            # records, spool, artifacts, audit.jsonl
+inbox: inbox                    # drop request files (JSON) here
+workers: 2
+max_attempts: 3                 # attempts for transient failures before `failed`
+repos:
+{repos}
+checks:
+  # Each check is an argv list, run in the change's worktree; never through a shell.
+  unit:
+    run: ["python3", "-m", "pytest", "-q"]
+    timeout_s: 600
+notify:
+  urls: []                      # apprise URLs, e.g. "json://127.0.0.1:8099/hook"
+"""
+
+
+def _is_git_repo(path: Path) -> bool:
+    proc = subprocess.run(["git", "-C", str(path), "rev-parse", "--git-dir"],
+                          capture_output=True, check=False)
+    return proc.returncode == 0
+
+
+def init_dir(directory: Path, *, repo: str | None, target: str) -> list[tuple[Path, bool]]:
+    """Create hyperion.yaml, inbox/ and the state dir; returns (path, created?) pairs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    results: list[tuple[Path, bool]] = []
+    config = directory / "hyperion.yaml"
+    if config.exists():
+        results.append((config, False))
+    else:
+        repo_path = repo if repo is not None else ("." if _is_git_repo(directory) else None)
+        if repo_path is None:
+            repos = ("  {}   # add one:  myrepo: {path: ../myrepo, target: main}")
+        else:
+            name = Path(os.path.abspath(directory / repo_path)).name or "repo"
+            name = "".join(c if c.isalnum() or c in "._-" else "-" for c in name) or "repo"
+            repos = f"  {name}:\n    path: {repo_path}\n    target: {target}"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(CONFIG_TEMPLATE.format(repos=repos))
+        results.append((config, True))
+    for sub in ("inbox", ".hyperion"):
+        path = directory / sub
+        results.append((path, not path.exists()))
+        path.mkdir(exist_ok=True)
+    return results

@@ -1,0 +1,312 @@
+"""The state machine of one leased request: worktree, apply, check, land, report.
+
+A worker never trusts the spool payload more than intake did: it re-parses it into the typed
+model. Outcomes:
+- landed: the target ref moved to our commit by compare-and-swap (ack);
+- failed: apply_conflict, hash_mismatch, check_failed, timeout, land_conflict (bury);
+- retried: the target moved under us, or an internal error, while attempts remain.
+Exactly-once landing: before applying again after an earlier attempt, the worker looks for a
+commit with this request's trailer on the target and, if found, finishes as landed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import random
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyperion.app import App
+from hyperion.errors import Code, ErrorInfo
+from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
+from hyperion.records import CheckResult, Record, State
+from hyperion.requests import ChangeRequest
+from hyperion.run import run_command, scrubbed_env
+from hyperion.spool import Lease, LeaseLost
+
+log = logging.getLogger("hyperion.worker")
+
+LEASE_TTL_S = 60.0
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 300.0
+_land_locks: dict[str, threading.Lock] = {}
+_land_locks_guard = threading.Lock()
+
+
+class Failed(Exception):
+    """The request cannot land: a final outcome, not an error of hyperion's."""
+
+    def __init__(self, code: Code, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.info = ErrorInfo(code=code, message=message, path=path)
+
+
+class Retry(Exception):
+    """Try again later (the target moved, or something transient went wrong)."""
+
+    def __init__(self, info: ErrorInfo, delay_s: float | None = None) -> None:
+        super().__init__(info.message)
+        self.info = info
+        self.delay_s = delay_s
+
+
+def backoff(attempts: int) -> float:
+    """Exponential, jittered, clamped: 1 s, 2 s, 4 s... (times 0.5-1.0)."""
+    base = min(BACKOFF_MAX_S, BACKOFF_MIN_S * (2 ** min(attempts, 20)))
+    return max(BACKOFF_MIN_S, base * random.uniform(0.5, 1.0))
+
+
+@dataclass
+class Heartbeat:
+    """Keeps a lease alive from a side thread while long checks run."""
+
+    app: App
+    lease: Lease
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name=f"heartbeat-{self.lease.id}")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(LEASE_TTL_S / 3):
+            try:
+                self.lease = self.app.spool.heartbeat(self.lease, LEASE_TTL_S)
+            except LeaseLost:
+                log.error("lease of %s was lost while working on it", self.lease.id,
+                          extra={"request_id": self.lease.id})
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Worker:
+    def __init__(self, app: App, name: str) -> None:
+        self.app = app
+        self.name = name
+
+    def run_one(self) -> bool:
+        """Lease one ready request and take it to its next resting state. False if none."""
+        lease = self.app.spool.lease(self.name, ttl_s=LEASE_TTL_S)
+        if lease is None:
+            return False
+        with Heartbeat(self.app, lease) as beat:
+            self._process(lease, beat)
+        return True
+
+    # ------------------------------------------------------------------ one request
+    def _process(self, lease: Lease, beat: Heartbeat) -> None:
+        records = self.app.records
+        record = records.get(lease.id)
+        if record is None or record.terminal:
+            # Finished before a crash kept us from acking, or never recorded: nothing to do.
+            log.warning("spool item %s has no open record; acknowledging it", lease.id)
+            self.app.spool.ack(beat.lease)
+            return
+        try:
+            request = ChangeRequest.model_validate_json(lease.payload)
+        except ValueError:
+            self._finish(beat.lease, record, State.FAILED, ErrorInfo(
+                code=Code.INTERNAL_ERROR, message="the queued request could not be read back; "
+                "its original is kept with the record"))
+            return
+        record = records.transition(record.id, State.RUNNING, by=self.name,
+                                    reason=f"attempt {lease.attempts + 1}",
+                                    attempts=lease.attempts + 1, error=None)
+        try:
+            landed = self._attempt(request, record, beat)
+        except Failed as exc:
+            self._finish(beat.lease, record, State.FAILED, exc.info)
+        except Retry as exc:
+            self._retry(beat.lease, record, exc.info, exc.delay_s)
+        except (GitError, OSError) as exc:
+            self._retry(beat.lease, record, ErrorInfo(
+                code=Code.INTERNAL_ERROR,
+                message=f"hyperion hit an error it did not expect ({type(exc).__name__}: "
+                f"{str(exc)[:300]}); the request is kept"), None)
+        except Exception as exc:
+            log.exception("internal error on %s", record.id, extra={"request_id": record.id})
+            self._retry(beat.lease, record, ErrorInfo(
+                code=Code.INTERNAL_ERROR, message=f"a bug in hyperion ({type(exc).__name__}); "
+                "the request is kept and will be retried"), None)
+        else:
+            current = records.get(record.id) or record
+            self._finish(beat.lease, current, State.LANDED, None, landed_commit=landed)
+
+    def _attempt(self, request: ChangeRequest, record: Record, beat: Heartbeat) -> str:
+        assert record.repo is not None and record.target is not None
+        repo_config = self.app.config.repos.get(record.repo)
+        if repo_config is None:
+            raise Failed(Code.LAND_CONFLICT, f"the repo {record.repo!r} is no longer configured")
+        repo = GitRepo(repo_config.path)
+        target = record.target
+        tip = repo.branch_commit(target)
+        if tip is None:
+            raise Failed(Code.LAND_CONFLICT, f"the target branch {target!r} does not exist in "
+                         f"{repo_config.path}", path="target")
+        if record.applied_onto is not None:
+            earlier = repo.find_landed(record.id, tip, since=record.applied_onto)
+            if earlier is not None:
+                log.info("%s had already landed as %s before a restart", record.id, earlier,
+                         extra={"request_id": record.id})
+                return earlier
+        base_commit = repo.resolve(request.base) if request.base else tip
+        worktree = self.app.worktrees_dir() / f"{record.id}-{secrets.token_hex(3)}"
+        worktree.parent.mkdir(parents=True, exist_ok=True)
+        repo.worktree_add(worktree, tip)
+        try:
+            assert request.patch is not None
+            reason = repo.apply_check(worktree, request.patch)
+            if reason is not None:
+                self._save_artifact(record.id, "apply-conflict.txt",
+                                    f"target: {target} at {tip}\nbase: {request.base}\n\n"
+                                    f"git apply --check said:\n{reason}\n")
+                first = reason.splitlines()[0] if reason else "no reason given"
+                raise Failed(Code.APPLY_CONFLICT, f"the patch does not apply to {target} at "
+                             f"{tip[:12]} ({first[:200]}); rebase it onto the current {target}")
+            repo.apply(worktree, request.patch)
+            self._check_hashes(request, worktree)
+            message = commit_message(request.title, request.body, request.id)
+            commit = repo.commit(worktree, tip, message, author_identity(request.agent))
+            self.app.records.update(record.id, applied_onto=tip, base_commit=base_commit)
+            self._run_checks(request, record, worktree)
+            self._land(repo, record, target, commit, tip)
+            return commit
+        finally:
+            repo.worktree_remove(worktree)
+
+    def _check_hashes(self, request: ChangeRequest, worktree: Path) -> None:
+        for i, entry in enumerate(request.changes):
+            if entry.sha256 is None:
+                continue
+            path = worktree / entry.path
+            try:
+                data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+            except OSError:
+                data = b""
+            if hashlib.sha256(data).hexdigest() != entry.sha256:
+                raise Failed(Code.HASH_MISMATCH, f"after applying, {entry.path!r} does not have "
+                             "the sha256 the manifest gives; regenerate the patch and manifest "
+                             "together", path=f"changes[{i}].sha256")
+
+    def _run_checks(self, request: ChangeRequest, record: Record, worktree: Path) -> None:
+        results: list[CheckResult] = []
+        for name in request.checks:
+            check = self.app.config.checks.get(name)
+            if check is None:
+                raise Failed(Code.CHECK_NOT_ALLOWED, f"the check {name!r} is no longer defined "
+                             "in the configuration", path="checks")
+            artifact = f"check-{name}-attempt{record.attempts}.log"
+            result = run_command(check.run, cwd=worktree, timeout_s=check.timeout_s,
+                                 output_path=self.app.artifacts_dir(record.id) / artifact,
+                                 env=scrubbed_env(check.env))
+            results.append(CheckResult(
+                name=name, ok=result.ok, exit_code=result.exit_code, timed_out=result.timed_out,
+                seconds=round(result.duration_s, 3), artifact=artifact, tail=result.tail[-2000:]))
+            self.app.records.update(record.id, checks=results)
+            if result.timed_out:
+                raise Failed(Code.TIMEOUT, f"the check {name!r} ran past its limit of "
+                             f"{check.timeout_s:g} s and was stopped; see {artifact}",
+                             path=f"checks.{name}")
+            if result.start_error is not None:
+                raise Failed(Code.CHECK_FAILED, f"the check {name!r} could not start "
+                             f"({result.start_error}); fix its `run` in the configuration",
+                             path=f"checks.{name}")
+            if not result.ok:
+                raise Failed(Code.CHECK_FAILED, f"the check {name!r} failed with exit code "
+                             f"{result.exit_code}; its output is in {artifact}",
+                             path=f"checks.{name}")
+
+    @contextmanager
+    def _land_lock(self, repo_name: str) -> Iterator[None]:
+        with _land_locks_guard:
+            lock = _land_locks.setdefault(repo_name, threading.Lock())
+        with lock:
+            fd = os.open(self.app.locks_dir() / f"land-{repo_name}.lock",
+                         os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    def _land(self, repo: GitRepo, record: Record, target: str, commit: str, tip: str) -> None:
+        assert record.repo is not None
+        moved = ErrorInfo(code=Code.LAND_CONFLICT, message=f"{target} moved while the checks "
+                          "ran; re-applying on the new tip")
+        reason = f"hyperion: land {record.id}"
+        with self._land_lock(record.repo):
+            if repo.branch_commit(target) != tip:
+                raise Retry(moved, delay_s=0)
+            checkout = repo.checkout()
+            if checkout is None or checkout.branch != target:
+                if not repo.compare_and_swap(target, commit, tip, reason):
+                    raise Retry(moved, delay_s=0)
+                return
+            # The target is checked out: behave like receive.denyCurrentBranch=updateInstead.
+            top = checkout.toplevel
+            dirty = repo.checkout_dirty(top)
+            if dirty is not None:
+                raise Failed(Code.LAND_CONFLICT, f"{target} is checked out in {top} and {dirty}; "
+                             "hyperion left it alone. Commit or stash them, then resubmit")
+            if repo.checkout_head(top) != tip:
+                raise Retry(moved, delay_s=0)
+            refused = repo.move_checkout(top, tip, commit)
+            if refused is not None:
+                raise Failed(Code.LAND_CONFLICT, f"{target} is checked out in {top} and updating "
+                             f"it would lose local files ({refused.splitlines()[0][:200]}); "
+                             "hyperion left it alone")
+            if not repo.compare_and_swap(target, commit, tip, reason):
+                repo.move_checkout(top, commit, tip)
+                raise Retry(moved, delay_s=0)
+
+    # ------------------------------------------------------------------ outcomes
+    def _save_artifact(self, record_id: str, name: str, text: str) -> None:
+        directory = self.app.artifacts_dir(record_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text, encoding="utf-8")
+
+    def _finish(self, lease: Lease, record: Record, state: State, error: ErrorInfo | None,
+                **updates: object) -> None:
+        reason = error.summary() if error else (f"landed as {updates.get('landed_commit')}")
+        final = self.app.records.transition(record.id, state, by=self.name, reason=reason,
+                                            error=error, **updates)
+        try:
+            if state is State.LANDED:
+                self.app.spool.ack(lease)
+            else:
+                self.app.spool.bury(lease, error.summary() if error else state.value)
+        except LeaseLost:
+            log.warning("lease of %s was lost before it could be closed", record.id,
+                        extra={"request_id": record.id})
+        log.info("%s %s", record.id, state.value, extra={"request_id": record.id})
+        self.app.reporter.outcome(final)
+
+    def _retry(self, lease: Lease, record: Record, info: ErrorInfo, delay_s: float | None) -> None:
+        attempts = lease.attempts + 1
+        if attempts >= self.app.config.max_attempts:
+            self._finish(lease, record, State.FAILED, info.model_copy(update={
+                "message": f"{info.message} (gave up after {attempts} attempts)"}))
+            return
+        delay = backoff(lease.attempts) if delay_s is None else delay_s
+        self.app.records.transition(record.id, State.QUEUED, by=self.name,
+                                    reason=f"retry in {delay:.1f} s: {info.summary()}",
+                                    error=info)
+        try:
+            self.app.spool.retry(lease, delay, info.summary())
+        except LeaseLost:
+            log.warning("lease of %s was lost before the retry", record.id,
+                        extra={"request_id": record.id})

@@ -1,0 +1,97 @@
+"""`hyperion run` as a daemon: real inotify intake, drain on SIGTERM, and kill -9 recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Setup, git, write_config
+
+
+def start(setup: Setup) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "hyperion", "--config", str(setup.config),
+                             "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=setup.root)
+
+
+def wait_state(setup: Setup, id: str, states: set[str], timeout: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    record: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        out = setup.cli("inspect", id, "--format", "json")
+        if out.returncode == 0:
+            record = json.loads(out.stdout)
+            if record["state"] in states:
+                return record
+        time.sleep(0.2)
+    raise AssertionError(f"{id} did not reach {states}: {record}")
+
+
+@pytest.fixture
+def daemon(setup: Setup) -> Iterator[subprocess.Popen[str]]:
+    proc = start(setup)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def test_watches_the_inbox_and_drains_on_sigterm(setup: Setup,
+                                                 daemon: subprocess.Popen[str]) -> None:
+    time.sleep(1.0)   # let it start its observer
+    setup.drop("renamed.json", setup.request("live-1", {"app.py": "VALUE = 11\n"}))
+    wait_state(setup, "live-1", {"landed"})
+    # An in-place writer: the file appears empty and grows; only the complete file is taken.
+    req = json.dumps(setup.request("live-2", {"docs/readme.txt": "in place\n"})).encode()
+    with open(setup.inbox / "inplace.json", "wb") as f:
+        for i in range(0, len(req), 64):
+            f.write(req[i:i + 64])
+            f.flush()
+            time.sleep(0.005)
+    record = wait_state(setup, "live-2", {"landed", "rejected", "failed"})
+    assert record["state"] == "landed", record
+    assert not (setup.inbox / "inplace.json").exists()
+    # Ignored names stay where they are.
+    (setup.inbox / "draft.json.part").write_text("{")
+    (setup.inbox / ".hidden.json").write_text("{")
+    time.sleep(0.5)
+    assert (setup.inbox / "draft.json.part").exists() and (setup.inbox / ".hidden.json").exists()
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=20) == 0
+    assert git(setup.repo, "status", "--porcelain") == ""
+
+
+def test_kill_9_during_a_check_loses_nothing_and_lands_once(setup: Setup) -> None:
+    # A check slow enough to be killed in the middle of.
+    slow = setup.root / "slow_check.py"
+    slow.write_text("import time, pathlib\npathlib.Path('" + str(setup.root / "started") +
+                    "').write_text('x')\ntime.sleep(3)\n")
+    write_config(setup.root, setup.repo, extra="")
+    text = setup.config.read_text().replace('"check.py"', json.dumps(str(slow)))
+    setup.config.write_text(text)
+    setup.drop("slow.json", setup.request("crash-1", {"app.py": "VALUE = 42\n"}))
+    proc = start(setup)
+    deadline = time.monotonic() + 20
+    while not (setup.root / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (setup.root / "started").exists()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert setup.record("crash-1")["state"] == "running"
+    # A new run finds the dead process's lease (pid gone) and finishes the request.
+    out = setup.cli("run", "--once")
+    assert out.returncode == 0, out.stderr
+    record = setup.record("crash-1")
+    assert record["state"] == "landed", record
+    log = git(setup.repo, "log", "--format=%H %(trailers:key=Hyperion-Request,valueonly)")
+    assert sum("crash-1" in line for line in log.splitlines()) == 1
+    assert git(setup.repo, "status", "--porcelain") == ""
+    assert record["attempts"] == 2
