@@ -9,10 +9,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
 from conftest import Setup, git, write_config
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -100,14 +101,12 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=512))
 def test_any_bytes_parse_or_refuse(data: bytes) -> None:
-    try:
+    with contextlib.suppress(GateError):
         parse_request(data)
-    except GateError:
-        pass
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(sorted(VALID) + ["body", "target", "depends_on"]),
+@given(st.dictionaries(st.sampled_from([*sorted(VALID), "body", "target", "depends_on"]),
                        json_values))
 def test_any_mutation_of_a_request_parses_or_refuses(overrides: dict[str, Any]) -> None:
     try:

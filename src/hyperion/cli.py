@@ -103,9 +103,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from hyperion.errors import GateError
     from hyperion.gate.verdict import judge
     from hyperion.requests import claimed_id, load_json, request_from_json
-    from hyperion.errors import GateError
 
     config = _config(args)
     results = []

@@ -43,7 +43,8 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def git(args: Sequence[str], *, cwd: Path, input: bytes | None = None,
-        env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[bytes]:
     proc = subprocess.run(["git", *SAFE_CONFIG, *args], cwd=cwd, input=input,
                           capture_output=True, env=_env(env), check=False,
                           stdin=None if input is not None else subprocess.DEVNULL)

@@ -179,7 +179,7 @@ def format_path(parts: Any) -> str | None:
 
 
 def _schema_message(error: Any) -> tuple[str, str | None]:
-    """A safe message for a jsonschema error: never echoes the offending value (it may be secret)."""
+    """A message for a jsonschema error that never echoes the value (it may be a secret)."""
     path = list(error.absolute_path)
     v, expected = error.validator, error.validator_value
     if v == "required":

@@ -89,8 +89,14 @@ class Heartbeat:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> Lease:
+        """Stop beating; returns the latest lease (to close it without a race)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
+        return self.lease
 
 
 class Worker:
@@ -114,12 +120,12 @@ class Worker:
         if record is None or record.terminal:
             # Finished before a crash kept us from acking, or never recorded: nothing to do.
             log.warning("spool item %s has no open record; acknowledging it", lease.id)
-            self.app.spool.ack(beat.lease)
+            self.app.spool.ack(beat.stop())
             return
         try:
             request = ChangeRequest.model_validate_json(lease.payload)
         except ValueError:
-            self._finish(beat.lease, record, State.FAILED, ErrorInfo(
+            self._finish(beat, record, State.FAILED, ErrorInfo(
                 code=Code.INTERNAL_ERROR, message="the queued request could not be read back; "
                 "its original is kept with the record"))
             return
@@ -129,22 +135,22 @@ class Worker:
         try:
             landed = self._attempt(request, record, beat)
         except Failed as exc:
-            self._finish(beat.lease, record, State.FAILED, exc.info)
+            self._finish(beat, record, State.FAILED, exc.info)
         except Retry as exc:
-            self._retry(beat.lease, record, exc.info, exc.delay_s)
+            self._retry(beat, record, exc.info, exc.delay_s)
         except (GitError, OSError) as exc:
-            self._retry(beat.lease, record, ErrorInfo(
+            self._retry(beat, record, ErrorInfo(
                 code=Code.INTERNAL_ERROR,
                 message=f"hyperion hit an error it did not expect ({type(exc).__name__}: "
                 f"{str(exc)[:300]}); the request is kept"), None)
         except Exception as exc:
             log.exception("internal error on %s", record.id, extra={"request_id": record.id})
-            self._retry(beat.lease, record, ErrorInfo(
+            self._retry(beat, record, ErrorInfo(
                 code=Code.INTERNAL_ERROR, message=f"a bug in hyperion ({type(exc).__name__}); "
                 "the request is kept and will be retried"), None)
         else:
             current = records.get(record.id) or record
-            self._finish(beat.lease, current, State.LANDED, None, landed_commit=landed)
+            self._finish(beat, current, State.LANDED, None, landed_commit=landed)
 
     def _attempt(self, request: ChangeRequest, record: Record, beat: Heartbeat) -> str:
         assert record.repo is not None and record.target is not None
@@ -245,8 +251,8 @@ class Worker:
 
     def _land(self, repo: GitRepo, record: Record, target: str, commit: str, tip: str) -> None:
         assert record.repo is not None
-        moved = ErrorInfo(code=Code.LAND_CONFLICT, message=f"{target} moved while the checks "
-                          "ran; re-applying on the new tip")
+        moved = ErrorInfo(code=Code.LAND_CONFLICT, message=f"{target} moved while the change "
+                          "was being checked")
         reason = f"hyperion: land {record.id}"
         with self._land_lock(record.repo):
             if repo.branch_commit(target) != tip:
@@ -279,8 +285,9 @@ class Worker:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / name).write_text(text, encoding="utf-8")
 
-    def _finish(self, lease: Lease, record: Record, state: State, error: ErrorInfo | None,
+    def _finish(self, beat: Heartbeat, record: Record, state: State, error: ErrorInfo | None,
                 **updates: object) -> None:
+        lease = beat.stop()
         reason = error.summary() if error else (f"landed as {updates.get('landed_commit')}")
         final = self.app.records.transition(record.id, state, by=self.name, reason=reason,
                                             error=error, **updates)
@@ -295,15 +302,17 @@ class Worker:
         log.info("%s %s", record.id, state.value, extra={"request_id": record.id})
         self.app.reporter.outcome(final)
 
-    def _retry(self, lease: Lease, record: Record, info: ErrorInfo, delay_s: float | None) -> None:
+    def _retry(self, beat: Heartbeat, record: Record, info: ErrorInfo,
+               delay_s: float | None) -> None:
+        lease = beat.stop()
         attempts = lease.attempts + 1
         if attempts >= self.app.config.max_attempts:
-            self._finish(lease, record, State.FAILED, info.model_copy(update={
+            self._finish(beat, record, State.FAILED, info.model_copy(update={
                 "message": f"{info.message} (gave up after {attempts} attempts)"}))
             return
         delay = backoff(lease.attempts) if delay_s is None else delay_s
         self.app.records.transition(record.id, State.QUEUED, by=self.name,
-                                    reason=f"retry in {delay:.1f} s: {info.summary()}",
+                                    reason=f"{info.summary()}; retrying in {delay:.1f} s",
                                     error=info)
         try:
             self.app.spool.retry(lease, delay, info.summary())

@@ -5,10 +5,11 @@ Pure: no I/O, no git. Every refusal is a GateError with a code from the error ta
 
 from __future__ import annotations
 
-from hyperion.config import Config
-from hyperion.errors import Code, GateError
 from hyperion.gate.patch import FilePatch, Operation, parse_patch
 from hyperion.gate.paths import check_path, in_scope
+
+from hyperion.config import Config
+from hyperion.errors import Code, GateError
 from hyperion.requests import ChangeRequest, Request, TaskRequest
 
 

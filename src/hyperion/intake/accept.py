@@ -47,7 +47,7 @@ def accept(app: App, data: bytes, source: Source, *, by: str = "intake") -> Outc
         obj = load_json(data, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth)
         request = request_from_json(obj)
     except GateError as exc:
-        return _reject(app, data, digest, source, claimed_id(obj), obj, exc.info, by)
+        return reject(app, data, source, claimed_id(obj), obj, exc.info, by)
 
     existing = app.records.get(request.id)
     if existing is not None:
@@ -58,13 +58,13 @@ def accept(app: App, data: bytes, source: Source, *, by: str = "intake") -> Outc
         info = ErrorInfo(code=Code.DUPLICATE, path="id", message=(
             f"a different request with id {request.id!r} was already received "
             f"({existing.state.value}); give this one a new id"))
-        return _reject(app, data, digest, source, None, obj, info, by)
+        return reject(app, data, source, None, obj, info, by)
 
     try:
         judge(request, app.config)
         repo = repo_name(request, app.config)
     except GateError as exc:
-        return _reject(app, data, digest, source, request.id, obj, exc.info, by)
+        return reject(app, data, source, request.id, obj, exc.info, by)
 
     target = request.target or app.config.repos[repo].target
     at = now_iso()
@@ -87,8 +87,10 @@ def _enqueue(app: App, request: Request) -> None:
     app.spool.put(request.id, payload, priority=request.priority)
 
 
-def _reject(app: App, data: bytes, digest: str, source: Source, wanted_id: str | None,
-            obj: Any, info: ErrorInfo, by: str) -> Outcome:
+def reject(app: App, data: bytes, source: Source, wanted_id: str | None, obj: Any,
+           info: ErrorInfo, by: str) -> Outcome:
+    """Store a rejected record for ``data`` (kept as the original) and report it."""
+    digest = hashlib.sha256(data).hexdigest()
     record_id = wanted_id or _fallback_id(source, digest)
     existing = app.records.get(record_id)
     if existing is not None:
@@ -112,7 +114,7 @@ def _reject(app: App, data: bytes, digest: str, source: Source, wanted_id: str |
         agent=text("agent") or text("requested_by"), error=info, source=source,
         original_sha256=digest, created_at=at, updated_at=at)
     if not app.records.create(record, data, by=by, reason=info.summary()):
-        return _reject(app, data, digest, source, wanted_id, obj, info, by)
+        return reject(app, data, source, wanted_id, obj, info, by)
     log.info("rejected %s from %s: %s", record_id, source.name, info.code.value,
              extra={"request_id": record_id})
     stored = app.records.get(record_id)

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from hyperion.app import App
-from hyperion.errors import Code, ErrorInfo
+from hyperion.errors import Code, ErrorInfo, GateError
 from hyperion.fsutil import fsync_dir
-from hyperion.intake.accept import Outcome, accept
+from hyperion.intake.accept import Outcome, accept, reject
 from hyperion.records import Source
+from hyperion.requests import load_json
 
 log = logging.getLogger("hyperion.intake")
 
@@ -89,9 +90,6 @@ class Inbox:
         return outcome
 
     def _accept_if_complete(self, data: bytes, source: Source) -> Outcome | object:
-        from hyperion.requests import load_json
-        from hyperion.errors import GateError
-
         limits = self.app.config.limits
         if len(data) <= limits.max_request_bytes:
             try:
@@ -103,14 +101,10 @@ class Inbox:
         return accept(self.app, data, source)
 
     def _refuse(self, path: Path, source: Source, message: str) -> Outcome:
-        from hyperion.intake.accept import _reject
-
         info = ErrorInfo(code=Code.PATH_TRAVERSAL, message=message, path=path.name)
-        marker = f"{path.name}:{os.lstat(path).st_ino}".encode()
-        import hashlib
-
-        outcome = _reject(self.app, marker, hashlib.sha256(marker).hexdigest(), source, None,
-                          None, info, "intake")
+        # What the entry is, not what it points to: the target is never read.
+        marker = f"{path.name} -> (not followed), inode {os.lstat(path).st_ino}\n".encode()
+        outcome = reject(self.app, marker, source, None, None, info, "intake")
         path.unlink(missing_ok=True)
         fsync_dir(self.dir)
         return outcome
