@@ -77,8 +77,8 @@ def main() -> int:
             print(f"    landed as {r['landed_commit'][:12]}")
 
     print("\n== main now (git log):")
-    print(git(WORK / "demo", "log", "--format=    %h %an: %s%n%(trailers:only,unfold)", "-3")
-          .rstrip())
+    log_format = "--format=    %h %an: %s%n%w(0,8,8)%(trailers:only,unfold)"
+    print(git(WORK / "demo", "log", log_format, "-3").rstrip())
 
     print(f"\n== notifications (apprise -> {notifications}):")
     for line in notifications.read_text().splitlines() if notifications.exists() else []:

@@ -165,6 +165,7 @@ def test_bare_repository_and_other_branch(tmp_path: Path) -> None:
 
 
 def test_repository_hooks_never_run(setup: Setup) -> None:
+    request = setup.request("hooks-1", {"app.py": "VALUE = 3\n"})
     hooks = setup.repo / ".git" / "hooks"
     marker = setup.root / "hook-ran"
     for name in ("reference-transaction", "post-commit", "pre-commit", "post-checkout",
@@ -172,10 +173,12 @@ def test_repository_hooks_never_run(setup: Setup) -> None:
         hook = hooks / name
         hook.write_text(f"#!/bin/sh\necho {name} >> {marker}\n")
         hook.chmod(0o755)
-    setup.drop("fix.json", setup.request("hooks-1", {"app.py": "VALUE = 3\n"}))
+    # A repository may also point core.hooksPath at a tracked folder a request could change.
+    git(setup.repo, "config", "core.hooksPath", str(hooks))
+    setup.drop("fix.json", request)
     assert setup.cli("run", "--once").returncode == 0
     assert setup.record("hooks-1")["state"] == "landed"
-    assert not marker.exists()
+    assert not marker.exists(), marker.read_text()
 
 
 def test_bad_config_exits_2_naming_key_and_line(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def _parse_since(text: str) -> float:
 # ---------------------------------------------------------------- commands
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from hyperion.setup import init_dir
+    from hyperion.scaffold import init_dir
 
     created = init_dir(Path(args.dir), repo=args.repo, target=args.target)
     for path, made in created:
@@ -285,15 +285,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
+    config_help = "configuration file (default ./hyperion.yaml, then $HYPERION_CONFIG)"
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH",
-                        help="configuration file (default ./hyperion.yaml, then $HYPERION_CONFIG)")
+    # Accepted before or after the subcommand; SUPPRESS keeps a value given before it.
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=config_help)
     fmt = argparse.ArgumentParser(add_help=False)
     fmt.add_argument("--format", choices=("text", "json"), default="text")
 
     parser = argparse.ArgumentParser(prog="hyperion", description="Gate automated changes into "
                                      "git repositories.")
     parser.add_argument("--version", action="version", version=f"hyperion {__version__}")
+    parser.add_argument("--config", metavar="PATH", help=config_help)
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -31,7 +31,7 @@ def _worker_name(index: int) -> str:
 def run_once(app: App, *, workers: int) -> None:
     """Ingest what waits in the inbox, then work until nothing is ready or running."""
     app.spool.sweep()
-    Inbox(app).scan()
+    Inbox(app).scan(wait=True)
     pool = [Worker(app, _worker_name(i)) for i in range(workers)]
     while True:
         threads = [threading.Thread(target=_drain, args=(w,), name=w.name) for w in pool]

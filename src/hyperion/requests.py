@@ -163,8 +163,8 @@ def load_json(data: bytes, *, max_bytes: int, max_depth: int) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
-        raise GateError(Code.INVALID_JSON, f"not valid JSON: {exc.msg} at line {exc.lineno} "
-                        f"column {exc.colno}") from None
+        raise GateError(Code.INVALID_JSON, f"not valid JSON: {exc.msg} (line {exc.lineno}, "
+                        f"column {exc.colno})") from None
     except (ValueError, RecursionError) as exc:  # e.g. an integer with too many digits
         raise GateError(Code.INVALID_JSON, f"not usable JSON: {str(exc)[:120]}") from None
 

@@ -59,8 +59,9 @@ class Retry(Exception):
 
 def backoff(attempts: int) -> float:
     """Exponential, jittered, clamped: 1 s, 2 s, 4 s... (times 0.5-1.0)."""
-    base = min(BACKOFF_MAX_S, BACKOFF_MIN_S * (2 ** min(attempts, 20)))
-    return max(BACKOFF_MIN_S, base * random.uniform(0.5, 1.0))
+    base: float = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2.0 ** min(attempts, 20))
+    jittered: float = base * random.uniform(0.5, 1.0)
+    return max(BACKOFF_MIN_S, jittered)
 
 
 @dataclass

@@ -5,11 +5,10 @@ Pure: no I/O, no git. Every refusal is a GateError with a code from the error ta
 
 from __future__ import annotations
 
-from hyperion.gate.patch import FilePatch, Operation, parse_patch
-from hyperion.gate.paths import check_path, in_scope
-
 from hyperion.config import Config
 from hyperion.errors import Code, GateError
+from hyperion.gate.patch import FilePatch, Operation, parse_patch
+from hyperion.gate.paths import check_path, in_scope
 from hyperion.requests import ChangeRequest, Request, TaskRequest
 
 
@@ -94,10 +93,11 @@ def _check_manifest(change: ChangeRequest, files: list[FilePatch]) -> None:
         listed[entry.path] = i
     touched = {f.path: f for f in files}
     for f in files:
-        i = listed.get(f.path)
-        if i is None:
+        found = listed.get(f.path)
+        if found is None:
             raise GateError(Code.MANIFEST_MISMATCH, f"the patch touches {f.path!r} but "
                             "`changes` does not list it", path=f.path)
+        i = found
         entry = change.changes[i]
         op = _manifest_operation(f)
         if entry.operation != op:

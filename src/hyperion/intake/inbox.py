@@ -43,15 +43,24 @@ class Inbox:
         self.settle_s = settle_s
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def scan(self) -> list[Outcome]:
-        """Ingest every file waiting now (files still being written are left for later)."""
+    def scan(self, *, wait: bool = False) -> list[Outcome]:
+        """Ingest every file waiting now. Files that may still be being written are left for
+        later, or with ``wait``, retried until they are complete or quiet for ``settle_s``."""
         out = []
-        for name in sorted(os.listdir(self.dir)):
-            if ignored(name):
-                continue
-            result = self.ingest(self.dir / name, final=False)
-            if isinstance(result, Outcome):
-                out.append(result)
+        names = [n for n in sorted(os.listdir(self.dir)) if not ignored(n)]
+        while names:
+            later = []
+            for name in names:
+                result = self.ingest(self.dir / name, final=False)
+                if isinstance(result, Outcome):
+                    out.append(result)
+                elif result is _NOT_YET:
+                    later.append(name)
+            if not wait:
+                break
+            names = later
+            if names:
+                time.sleep(0.1)
         return out
 
     def ingest(self, path: Path, *, final: bool) -> Outcome | object | None:
@@ -149,7 +158,7 @@ class InboxWatcher:
 
         events = self.events
 
-        class Handler(FileSystemEventHandler):  # type: ignore[misc]
+        class Handler(FileSystemEventHandler):
             def on_created(self, event: Any) -> None:
                 if not event.is_directory:
                     events.put((event.src_path, False))
