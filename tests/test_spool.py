@@ -1,0 +1,488 @@
+"""The spool's contract on real files: states, order, dedupe, leases, sweeping, corruption,
+threads, and a stateful comparison with a simple model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    rule,
+)
+
+from hyperion.spool import Lease, LeaseLost, Spool
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool")
+
+
+def header_of(path: Path) -> dict[str, object]:
+    head = path.read_bytes().split(b"\n", 1)[0]
+    obj = json.loads(head)
+    assert isinstance(obj, dict)
+    return obj
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if not n.startswith("."))
+
+
+def test_creates_its_directories(tmp_path: Path) -> None:
+    Spool(tmp_path / "s")
+    for name in ("tmp", "queued", "running", "done", "dead", "keys"):
+        assert (tmp_path / "s" / name).is_dir()
+
+
+def test_put_lease_ack(spool: Spool) -> None:
+    assert spool.put("req-1", b"\x00payload\nwith newline")
+    assert spool.counts() == {"queued": 1, "running": 0, "done": 0, "dead": 0}
+    assert spool.state_of("req-1") == "queued"
+    before = time.time()
+    lease = spool.lease("worker-a", ttl_s=30)
+    assert lease is not None
+    assert (lease.id, lease.payload, lease.attempts, lease.owner) == (
+        "req-1", b"\x00payload\nwith newline", 0, "worker-a")
+    assert before + 30 <= lease.expires_at <= time.time() + 30
+    assert spool.state_of("req-1") == "running"
+    assert spool.lease("worker-b") is None
+    spool.ack(lease)
+    assert spool.state_of("req-1") == "done"
+    assert spool.counts() == {"queued": 0, "running": 0, "done": 1, "dead": 0}
+    assert files(spool.running) == []            # the lease record went too
+    assert (spool.done / "req-1.item").read_bytes().endswith(b"\x00payload\nwith newline")
+    with pytest.raises(LeaseLost):
+        spool.ack(lease)
+
+
+def test_dedupe_in_every_state(spool: Spool) -> None:
+    assert spool.put("a", b"first")
+    assert not spool.put("a", b"second")             # queued
+    lease = spool.lease("w")
+    assert lease is not None
+    assert not spool.put("a", b"third")              # running
+    spool.ack(lease)
+    assert not spool.put("a", b"fourth")             # done
+    assert spool.put("b", b"x")
+    lease = spool.lease("w")
+    assert lease is not None
+    spool.bury(lease, "nope")
+    assert not spool.put("b", b"y")                  # dead
+    assert spool.counts() == {"queued": 0, "running": 0, "done": 1, "dead": 1}
+    assert (spool.done / "a.item").read_bytes().endswith(b"\nfirst")
+
+
+def test_priority_then_fifo(spool: Spool) -> None:
+    order = [("low-1", -5), ("mid-1", 0), ("high-1", 7), ("mid-2", 0), ("low-2", -5),
+             ("high-2", 7), ("mid-3", 0)]
+    for item_id, priority in order:
+        assert spool.put(item_id, item_id.encode(), priority=priority)
+    leased = []
+    while (lease := spool.lease("w")) is not None:
+        leased.append(lease.id)
+        spool.ack(lease)
+    assert leased == ["high-1", "high-2", "mid-1", "mid-2", "mid-3", "low-1", "low-2"]
+
+
+def test_priority_bounds(spool: Spool) -> None:
+    assert spool.put("top", b"", priority=999_999)
+    assert spool.put("bottom", b"", priority=-999_999)
+    for bad in (1_000_000, -1_000_000):
+        with pytest.raises(ValueError):
+            spool.put("x", b"", priority=bad)
+    lease = spool.lease("w")
+    assert lease is not None and lease.id == "top"
+
+
+def test_not_before(spool: Spool) -> None:
+    now = time.time()
+    assert spool.put("later", b"", not_before=now + 3600, priority=5)
+    assert spool.next_ready_at() == pytest.approx(now + 3600, abs=0.01)
+    assert spool.lease("w") is None                  # the only item is not ready
+    assert spool.put("past", b"", not_before=now - 10)
+    assert spool.put("plain", b"")
+    ready = spool.next_ready_at()
+    assert ready is not None and ready <= time.time()
+    first, second = spool.lease("w"), spool.lease("w")
+    assert first is not None and second is not None
+    assert (first.id, second.id) == ("past", "plain")  # a waiting item does not block others
+    assert spool.lease("w") is None
+    assert spool.state_of("later") == "queued"
+
+
+def test_next_ready_at_empty(spool: Spool) -> None:
+    assert spool.next_ready_at() is None
+    spool.put("a", b"")
+    lease = spool.lease("w")
+    assert lease is not None
+    assert spool.next_ready_at() is None             # running items are not waiting
+
+
+def test_retry(spool: Spool) -> None:
+    spool.put("a", b"A")
+    spool.put("b", b"B")
+    lease = spool.lease("w")
+    assert lease is not None and lease.id == "a"
+    before = time.time()
+    spool.retry(lease, 0, "target moved")
+    assert spool.state_of("a") == "queued"
+    [name] = [n for n in files(spool.queued) if n.endswith("-a.item")]
+    header = header_of(spool.queued / name)
+    assert header["attempts"] == 1 and header["last_error"] == "target moved"
+    assert isinstance(header["not_before"], float) and header["not_before"] >= before
+    # Back of its priority: b first, then a with attempts 1.
+    b, a = spool.lease("w"), spool.lease("w")
+    assert b is not None and a is not None
+    assert (b.id, a.id, a.attempts, a.payload) == ("b", "a", 1, b"A")
+    spool.retry(a, 3600, "again")
+    assert spool.lease("w") is None
+    ready = spool.next_ready_at()
+    assert ready is not None and ready > time.time() + 3500
+    with pytest.raises(LeaseLost):
+        spool.retry(a, 0, "twice")
+
+
+def test_bury_keeps_error(spool: Spool) -> None:
+    spool.put("a", b"payload")
+    lease = spool.lease("w")
+    assert lease is not None
+    spool.bury(lease, "check_failed: exit 3\nsecond line")
+    assert spool.state_of("a") == "dead"
+    path = spool.dead / "a.item"
+    assert header_of(path)["last_error"] == "check_failed: exit 3\nsecond line"
+    assert path.read_bytes().endswith(b"\npayload")
+    with pytest.raises(LeaseLost):
+        spool.bury(lease, "again")
+
+
+def test_heartbeat_extends(spool: Spool) -> None:
+    spool.put("a", b"")
+    lease = spool.lease("w", ttl_s=0.2)
+    assert lease is not None
+    beat = spool.heartbeat(lease, 30)
+    assert beat.expires_at >= lease.expires_at + 29
+    assert (beat.id, beat.owner, beat.attempts) == (lease.id, lease.owner, lease.attempts)
+    time.sleep(0.3)                                  # past the first expiry
+    assert spool.sweep() == 0
+    again = spool.heartbeat(beat)                    # default: the ttl last given
+    assert again.expires_at >= beat.expires_at
+    spool.ack(again)
+    assert spool.state_of("a") == "done"
+
+
+def test_expired_lease_is_swept_and_lost(spool: Spool) -> None:
+    spool.put("a", b"data")
+    lease = spool.lease("w", ttl_s=0)
+    assert lease is not None
+    time.sleep(0.01)
+    assert spool.sweep() == 1
+    assert spool.state_of("a") == "queued"
+    for close in (lambda: spool.heartbeat(lease), lambda: spool.ack(lease),
+                  lambda: spool.retry(lease, 0, "x"), lambda: spool.bury(lease, "x")):
+        with pytest.raises(LeaseLost):
+            close()
+    again = spool.lease("w2")
+    assert again is not None and again.attempts == 1 and again.payload == b"data"
+    assert spool.sweep() == 0
+    spool.ack(again)
+    assert spool.counts() == {"queued": 0, "running": 0, "done": 1, "dead": 0}
+    [name] = files(spool.done)
+    assert "expired" in str(header_of(spool.done / name)["last_error"])
+
+
+@pytest.mark.parametrize("bad", ["", "-a", ".a", "_a", "a/b", "a b", "a" * 129, "ä", "..",
+                                 "a\n", "a\x00b", "a:b"])
+def test_invalid_ids_are_refused(spool: Spool, bad: str) -> None:
+    with pytest.raises(ValueError):
+        spool.put(bad, b"")
+    with pytest.raises(ValueError):
+        spool.state_of(bad)
+    assert files(spool.queued) == [] and files(spool.keys) == []
+
+
+@pytest.mark.parametrize("good", ["a", "Z", "0", "a.b-c_d", "x" * 128, "1.lease", "a.item"])
+def test_valid_ids(spool: Spool, good: str) -> None:
+    assert spool.put(good, good.encode())
+    lease = spool.lease("w")
+    assert lease is not None and lease.id == good and lease.payload == good.encode()
+    spool.ack(lease)
+    assert spool.state_of(good) == "done"
+    assert spool.sweep() == 0
+
+
+def test_bad_arguments(spool: Spool) -> None:
+    with pytest.raises(TypeError):
+        spool.put("a", "text")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        spool.put("a", b"", not_before=float("nan"))
+    with pytest.raises(ValueError):
+        spool.lease("w", ttl_s=-1)
+    assert spool.counts()["queued"] == 0
+
+
+def test_corrupt_item_goes_to_corrupt(spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
+    spool.put("bad", b"x", priority=1)
+    spool.put("good", b"y")
+    [name] = [n for n in files(spool.queued) if n.endswith("-bad.item")]
+    (spool.queued / name).write_bytes(b"{not json\npayload")
+    with caplog.at_level(logging.ERROR, logger="hyperion.spool"):
+        lease = spool.lease("w")
+    assert lease is not None and lease.id == "good"
+    assert (spool.corrupt / name).read_bytes() == b"{not json\npayload"  # kept as it was
+    assert "not JSON" in (spool.corrupt / (name + ".reason")).read_text()
+    assert any("corrupt" in r.getMessage() and r.name == "hyperion.spool"
+               for r in caplog.records)
+    assert spool.state_of("bad") is None
+    assert not spool.put("bad", b"again")            # still known: nothing is re-created
+    assert spool.counts() == {"queued": 0, "running": 1, "done": 0, "dead": 0}
+
+
+def test_corrupt_header_with_wrong_id(spool: Spool) -> None:
+    spool.put("a", b"x")
+    [name] = files(spool.queued)
+    (spool.queued / name).write_bytes(json.dumps({
+        "v": 1, "id": "other", "priority": 0, "attempts": 0, "not_before": None,
+        "enqueued_at": 1.0, "last_error": None}).encode() + b"\nx")
+    assert spool.lease("w") is None
+    assert files(spool.corrupt) == sorted([name, name + ".reason"])
+
+
+def test_unknown_files_and_dotfiles_are_skipped(spool: Spool) -> None:
+    for directory in (spool.queued, spool.running, spool.done, spool.dead):
+        (directory / ".hidden").write_bytes(b"x")
+        (directory / "README").write_bytes(b"x")
+    assert spool.counts() == {"queued": 0, "running": 0, "done": 0, "dead": 0}
+    assert spool.lease("w") is None
+    assert spool.next_ready_at() is None
+    assert spool.sweep() == 0
+    assert (spool.queued / "README").exists() and (spool.running / ".hidden").exists()
+
+
+def test_interrupted_put_key_without_item(spool: Spool) -> None:
+    (spool.keys / "a").touch()                       # a put that died after claiming the key
+    assert spool.put("a", b"payload")
+    assert not spool.put("a", b"payload")
+    assert spool.state_of("a") == "queued"
+
+
+def test_item_without_lease_record_is_swept_after_grace(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    spool.put("a", b"")
+    [name] = files(spool.queued)
+    os.rename(spool.queued / name, spool.running / name)  # leaser died after its rename
+    assert spool.sweep() == 0                        # within the grace: maybe being leased
+    assert Spool(tmp_path / "s", orphan_grace_s=0).sweep() == 1
+    lease = spool.lease("w")
+    assert lease is not None and lease.attempts == 1
+
+
+def test_orphan_lease_record_is_removed(spool: Spool) -> None:
+    (spool.running / "0999999-00000000000000000001-00000000000000-h-1-abcdef01-x.item.lease"
+     ).write_bytes(b"{}")
+    assert spool.sweep() == 0
+    assert files(spool.running) == []
+
+
+def test_concurrent_lease_never_gives_an_item_twice(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    ids = [f"item-{i}" for i in range(120)]
+    setup = Spool(root)
+    for item_id in ids:
+        setup.put(item_id, item_id.encode())
+    taken: list[str] = []
+    guard = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        own = Spool(root) if name.endswith("1") else setup   # shared and separate instances
+        try:
+            while (lease := own.lease(name)) is not None:
+                assert lease.payload == lease.id.encode()
+                with guard:
+                    taken.append(lease.id)
+                own.ack(lease)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"t{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(taken) == sorted(ids)
+    assert setup.counts() == {"queued": 0, "running": 0, "done": 120, "dead": 0}
+
+
+def test_concurrent_puts_of_one_id(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    Spool(root)
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def put() -> None:
+        spool = Spool(root)
+        barrier.wait()
+        results.append(spool.put("same", b"x"))
+
+    threads = [threading.Thread(target=put) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert Spool(root).counts()["queued"] == 1
+
+
+# ---------------------------------------------------------------------- stateful model
+IDS = [f"i{n}" for n in range(6)]
+
+
+@dataclass
+class Item:
+    state: str
+    priority: int
+    attempts: int
+    order: int
+    ready: bool
+
+
+@dataclass
+class Held:
+    lease: Lease
+    expired: bool
+
+
+class SpoolMachine(RuleBasedStateMachine):
+    """The spool against a dict: same answers, no item lost or duplicated."""
+
+    held = Bundle("held")
+    lost = Bundle("lost")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="spool-model-"))
+        self.spool = Spool(self.dir / "spool")
+        self.items: dict[str, Item] = {}
+        self.order = 0
+        self.open: dict[str, Held] = {}          # id -> the lease the model says is held
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _enqueue(self, item: Item, ready: bool) -> None:
+        self.order += 1
+        item.state, item.order, item.ready = "queued", self.order, ready
+
+    @rule(item_id=st.sampled_from(IDS), priority=st.sampled_from([-1, 0, 2]),
+          when=st.sampled_from(["none", "past", "future"]))
+    def put(self, item_id: str, priority: int, when: str) -> None:
+        not_before = {"none": None, "past": time.time() - 5, "future": time.time() + 3600}[when]
+        accepted = self.spool.put(item_id, item_id.encode() * 3, priority=priority,
+                                  not_before=not_before)
+        assert accepted == (item_id not in self.items)
+        if accepted:
+            item = Item("queued", priority, 0, 0, True)
+            self._enqueue(item, when != "future")
+            self.items[item_id] = item
+
+    @rule(target=held, ttl=st.sampled_from([60.0, 0.0]))
+    def lease(self, ttl: float) -> Held | None:
+        ready = [(-it.priority, it.order, i) for i, it in self.items.items()
+                 if it.state == "queued" and it.ready]
+        lease = self.spool.lease("model", ttl_s=ttl)
+        if not ready:
+            assert lease is None
+            return None
+        expected = min(ready)[2]
+        assert lease is not None and lease.id == expected
+        item = self.items[expected]
+        assert lease.attempts == item.attempts and lease.payload == expected.encode() * 3
+        item.state = "running"
+        self.open[expected] = Held(lease, expired=ttl == 0)
+        return self.open[expected]
+
+    def _current(self, held: Held | None) -> Held | None:
+        if held is None or self.open.get(held.lease.id) is not held:
+            return None
+        return held
+
+    @rule(held=consumes(held))
+    def ack(self, held: Held | None) -> None:
+        if (h := self._current(held)) is not None:
+            self.spool.ack(h.lease)
+            self.items[h.lease.id].state = "done"
+            del self.open[h.lease.id]
+
+    @rule(held=consumes(held))
+    def bury(self, held: Held | None) -> None:
+        if (h := self._current(held)) is not None:
+            self.spool.bury(h.lease, "failed")
+            self.items[h.lease.id].state = "dead"
+            del self.open[h.lease.id]
+
+    @rule(held=consumes(held), later=st.booleans())
+    def retry(self, held: Held | None, later: bool) -> None:
+        if (h := self._current(held)) is not None:
+            self.spool.retry(h.lease, 3600 if later else 0, "moved")
+            item = self.items[h.lease.id]
+            item.attempts += 1
+            self._enqueue(item, not later)
+            del self.open[h.lease.id]
+
+    @rule(held=held)
+    def heartbeat(self, held: Held | None) -> None:
+        if (h := self._current(held)) is not None:
+            h.lease = self.spool.heartbeat(h.lease, 60)
+            h.expired = False
+
+    @rule(target=lost)
+    def sweep(self) -> list[Lease]:
+        stale = sorted((h for h in self.open.values() if h.expired),
+                       key=lambda h: (-self.items[h.lease.id].priority,
+                                      self.items[h.lease.id].order))
+        time.sleep(0.001)
+        assert self.spool.sweep() == len(stale)
+        for h in stale:
+            item = self.items[h.lease.id]
+            item.attempts += 1
+            self._enqueue(item, True)
+            del self.open[h.lease.id]
+        return [h.lease for h in stale]
+
+    @rule(leases=lost)
+    def use_lost_lease(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            with pytest.raises(LeaseLost):
+                self.spool.ack(lease)
+
+    @invariant()
+    def agrees(self) -> None:
+        expected = dict.fromkeys(("queued", "running", "done", "dead"), 0)
+        for item_id, item in self.items.items():
+            expected[item.state] += 1
+            assert self.spool.state_of(item_id) == item.state
+        assert self.spool.counts() == expected
+        for item_id in IDS:
+            if item_id not in self.items:
+                assert self.spool.state_of(item_id) is None
+
+
+SpoolMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=40,
+                                          deadline=None)
+TestSpoolModel = SpoolMachine.TestCase
