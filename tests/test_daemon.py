@@ -93,3 +93,25 @@ def test_kill_9_during_a_check_loses_nothing_and_lands_once(setup: Setup) -> Non
     assert sum("crash-1" in line for line in log.splitlines()) == 1
     assert git(setup.repo, "status", "--porcelain") == ""
     assert record["attempts"] == 2
+    # The killed process's worktree is gone, from disk and from git's list.
+    assert list((setup.state / "worktrees").iterdir()) == []
+    assert git(setup.repo, "worktree", "list").count("\n") == 1
+
+
+def test_a_request_that_keeps_killing_its_worker_ends_failed(setup: Setup) -> None:
+    # Every attempt's check kills the hyperion process that runs it (kill -9 of its parent).
+    killer = setup.root / "killer.py"
+    killer.write_text("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n")
+    text = setup.config.read_text().replace('"check.py"', json.dumps(str(killer)))
+    setup.config.write_text(text.replace("workers: 2", "workers: 1"))
+    setup.drop("poison.json", setup.request("poison-1", {"app.py": "VALUE = 13\n"}))
+    for _ in range(3):                       # max_attempts is 3: three deaths
+        out = setup.cli("run", "--once")
+        assert out.returncode == -signal.SIGKILL
+        assert setup.record("poison-1")["state"] == "running"
+    out = setup.cli("run", "--once")
+    assert out.returncode == 0, out.stderr
+    record = setup.record("poison-1")
+    assert record["state"] == "failed"
+    assert record["error"]["code"] == "internal_error"
+    assert "gave up after 3 attempts" in record["error"]["message"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperion.config import Config
+from hyperion.config import Config, ConfigError
+from hyperion.gate.policy import Policy, load_policy
 from hyperion.records import RecordStore
 from hyperion.report import Reporter
 from hyperion.spool import Spool
@@ -14,16 +15,21 @@ from hyperion.spool import Spool
 @dataclass
 class App:
     config: Config
+    policy: Policy
     records: RecordStore
     spool: Spool
     reporter: Reporter
 
     @classmethod
     def open(cls, config: Config) -> App:
+        try:
+            policy = load_policy(config.policy)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True)
-        return cls(config=config, records=RecordStore(state), spool=Spool(state / "spool"),
-                   reporter=Reporter(config))
+        return cls(config=config, policy=policy, records=RecordStore(state),
+                   spool=Spool(state / "spool"), reporter=Reporter(config))
 
     def artifacts_dir(self, record_id: str) -> Path:
         return self.config.state_dir / "artifacts" / record_id

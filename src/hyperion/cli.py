@@ -39,6 +39,15 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config)
 
 
+def _policy(config: Config) -> Any:
+    from hyperion.gate.policy import load_policy
+
+    try:
+        return load_policy(config.policy)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 # ---------------------------------------------------------------- record views
 
 def record_summary(record: Any) -> dict[str, Any]:
@@ -73,6 +82,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     config = _config(args)
+    _policy(config)
     if args.check:
         print(f"{config.source}: ok")
         return EXIT_OK
@@ -108,6 +118,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from hyperion.requests import claimed_id, load_json, request_from_json
 
     config = _config(args)
+    policy = _policy(config)
     results = []
     for name in args.files:
         entry: dict[str, Any] = {"file": name, "id": None, "kind": None, "ok": True,
@@ -123,7 +134,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             entry["id"] = claimed_id(obj)
             kind = obj.get("kind") if isinstance(obj, dict) else None
             entry["kind"] = kind if kind in ("change", "task") else None
-            judge(request_from_json(obj), config)
+            judge(request_from_json(obj), config, policy)
         except GateError as exc:
             entry["ok"] = False
             entry["errors"].append(exc.info.model_dump(mode="json", exclude={"detail"}))
@@ -175,6 +186,34 @@ def cmd_submit(args: argparse.Namespace) -> int:
     _emit(args, results, text)
     bad = (State.REJECTED.value, State.FAILED.value)
     return EXIT_PROBLEM if any(r["state"] in bad for r in results) else EXIT_OK
+
+
+def _decide(args: argparse.Namespace, approve: bool) -> int:
+    import getpass
+
+    from hyperion.app import App
+    from hyperion.intake import approval
+
+    app = App.open(_config(args))
+    by = args.by or getpass.getuser()
+    try:
+        if approve:
+            record = approval.approve(app, args.id, by=by)
+        else:
+            record = approval.deny(app, args.id, by=by, reason=args.reason)
+    except approval.NotHeld as exc:
+        print(f"hyperion: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    _emit(args, record_summary(record), lambda: f"{record.id} {record.state.value}")
+    return EXIT_OK
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    return _decide(args, approve=True)
+
+
+def cmd_deny(args: argparse.Namespace) -> int:
+    return _decide(args, approve=False)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -330,6 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ingest what waits, process until nothing is ready or running, exit")
     p.add_argument("--workers", type=int, help="worker threads (default: config `workers`)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("approve", parents=[common, fmt], help="let a held request proceed")
+    p.add_argument("id")
+    p.add_argument("--by", help="who decides (default: the current user)")
+    p.set_defaults(func=cmd_approve)
+
+    p = sub.add_parser("deny", parents=[common, fmt], help="reject a held request")
+    p.add_argument("id")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--by", help="who decides (default: the current user)")
+    p.set_defaults(func=cmd_deny)
 
     p = sub.add_parser("list", parents=[common, fmt], help="records, newest first")
     p.add_argument("--state")

@@ -16,7 +16,7 @@ from types import FrameType
 
 from hyperion.app import App
 from hyperion.intake.inbox import Inbox, InboxWatcher
-from hyperion.worker import Worker
+from hyperion.worker import Worker, prune_worktrees
 
 log = logging.getLogger("hyperion.daemon")
 
@@ -30,7 +30,7 @@ def _worker_name(index: int) -> str:
 
 def run_once(app: App, *, workers: int) -> None:
     """Ingest what waits in the inbox, then work until nothing is ready or running."""
-    app.spool.sweep()
+    _recover(app)
     Inbox(app).scan(wait=True)
     pool = [Worker(app, _worker_name(i)) for i in range(workers)]
     while True:
@@ -42,6 +42,15 @@ def run_once(app: App, *, workers: int) -> None:
         ready_at = app.spool.next_ready_at()
         if ready_at is None or ready_at > time.time():
             return
+
+
+def _recover(app: App) -> None:
+    """What a killed process left: leases back to the queue, its worktrees removed."""
+    swept = app.spool.sweep()
+    pruned = prune_worktrees(app)
+    if swept or pruned:
+        log.warning("recovered after an unclean stop: %d lease(s) requeued, %d worktree(s) "
+                    "removed", swept, pruned)
 
 
 def _drain(worker: Worker) -> None:
@@ -61,7 +70,7 @@ def run_forever(app: App, *, workers: int, stop: threading.Event | None = None) 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
-    app.spool.sweep()
+    _recover(app)
     inbox = Inbox(app)
     watcher = InboxWatcher(inbox)
     watcher.start()          # watch first, then scan: no file slips between the two

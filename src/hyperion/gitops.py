@@ -132,6 +132,10 @@ class GitRepo:
     def worktree_remove(self, path: Path) -> None:
         git(["worktree", "remove", "--force", "--force", str(path)], cwd=self.git_dir,
             check=False)
+        self.prune_worktrees()
+
+    def prune_worktrees(self) -> None:
+        """Forget worktrees whose folders are gone."""
         git(["worktree", "prune"], cwd=self.git_dir, check=False)
 
     # -- applying and committing (in a worktree)

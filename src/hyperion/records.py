@@ -83,6 +83,7 @@ class Record(BaseModel):
     applied_onto: str | None = None
     landed_commit: str | None = None
     checks: list[CheckResult] = Field(default_factory=list)
+    policy_rules: list[str] = Field(default_factory=list)
     source: Source
     original_sha256: str
     created_at: str

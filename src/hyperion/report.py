@@ -41,6 +41,11 @@ def render(record: Record) -> tuple[str, str]:
         lines.append(f"Error: {record.error.code.value}: {record.error.message}")
         if record.error.path:
             lines.append(f"Where: {record.error.path}")
+    if record.state is State.HELD:
+        if record.policy_rules:
+            lines.append(f"Policy rules: {', '.join(record.policy_rules)}")
+        lines.append(f"Decide: hyperion approve {record.id} --by NAME, or "
+                     f"hyperion deny {record.id} --reason TEXT")
     lines.append(f"More: hyperion inspect {record.id}")
     return title, "\n".join(line for line in lines if line)
 
@@ -65,16 +70,26 @@ class Reporter:
             self._apprise = client
         return self._apprise
 
+    def notice(self, record: Record, text: str) -> bool:
+        """An informational notification about a record that is not (yet) an outcome."""
+        _, body = render(record)
+        return self._send(record, f"hyperion: {record.id} {text[:120]}", f"{text}\n\n{body}",
+                          "info")
+
     def outcome(self, record: Record) -> bool:
         """Notify about a record's (terminal or held) state. True when delivered (or no targets)."""
-        if not self.config.notify.urls or record.state not in NOTIFY_TYPES:
+        if record.state not in NOTIFY_TYPES:
             return True
         title, body = render(record)
+        return self._send(record, title, body, NOTIFY_TYPES[record.state])
+
+    def _send(self, record: Record, title: str, body: str, notify_type: str) -> bool:
+        if not self.config.notify.urls:
+            return True
         with self._lock:
             try:
                 client = self._client()
-                ok = bool(client.notify(title=title, body=body,
-                                        notify_type=NOTIFY_TYPES[record.state]))
+                ok = bool(client.notify(title=title, body=body, notify_type=notify_type))
             except Exception as exc:  # a notifier must never take the pipeline down
                 log.error("notify: delivery for %s raised %s", record.id, type(exc).__name__,
                           extra={"request_id": record.id})

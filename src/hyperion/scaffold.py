@@ -1,9 +1,13 @@
-"""`hyperion init`: a working setup in a folder. Never overwrites anything."""
+"""`hyperion init`: a working setup in a folder. Never overwrites anything.
+
+The policy it writes is the package's default_policy.yaml (the same text as policies/default.yaml
+in the source tree; a test keeps them equal)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+from importlib import resources
 from pathlib import Path
 
 CONFIG_TEMPLATE = """\
@@ -19,6 +23,7 @@ checks:
   unit:
     run: ["python3", "-m", "pytest", "-q"]
     timeout_s: 600
+policy: policies/default.yaml   # limits and rules; see the comments in that file
 notify:
   urls: []                      # apprise URLs, e.g. "json://127.0.0.1:8099/hook"
 """
@@ -49,8 +54,17 @@ def init_dir(directory: Path, *, repo: str | None, target: str) -> list[tuple[Pa
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(CONFIG_TEMPLATE.format(repos=repos))
         results.append((config, True))
-    for sub in ("inbox", ".hyperion"):
+    for sub in ("inbox", ".hyperion", "policies"):
         path = directory / sub
         results.append((path, not path.exists()))
         path.mkdir(exist_ok=True)
+    policy = directory / "policies" / "default.yaml"
+    if policy.exists():
+        results.append((policy, False))
+    else:
+        text = (resources.files("hyperion") / "default_policy.yaml").read_text(encoding="utf-8")
+        fd = os.open(policy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        results.append((policy, True))
     return results

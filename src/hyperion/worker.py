@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import secrets
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,6 +101,37 @@ class Heartbeat:
         return self.lease
 
 
+def prune_worktrees(app: App) -> int:
+    """Remove worktrees whose creating process is gone (killed mid-request). Returns how many."""
+    root = app.worktrees_dir()
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for entry in root.iterdir():
+        parts = entry.name.split("~")
+        if len(parts) != 3 or not parts[1].isdigit() or _alive(int(parts[1])):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    if removed:
+        for repo in app.config.repos.values():
+            try:
+                GitRepo(repo.path).prune_worktrees()
+            except GitError as exc:
+                log.warning("cannot prune worktrees of %s: %s", repo.path, exc)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Worker:
     def __init__(self, app: App, name: str) -> None:
         self.app = app
@@ -122,6 +154,14 @@ class Worker:
             # Finished before a crash kept us from acking, or never recorded: nothing to do.
             log.warning("spool item %s has no open record; acknowledging it", lease.id)
             self.app.spool.ack(beat.stop())
+            return
+        if lease.attempts >= self.app.config.max_attempts:
+            # Only a crash (a lease swept from a dead process) gets here: retry() gives up
+            # itself. An item that keeps killing its worker must not loop forever.
+            self._finish(beat, record, State.FAILED, ErrorInfo(
+                code=Code.INTERNAL_ERROR, message=f"gave up after {lease.attempts} attempts "
+                "that ended with hyperion's process dying; the request is kept with its "
+                "record (check the log, then resubmit it with a new id)"))
             return
         try:
             request = ChangeRequest.model_validate_json(lease.payload)
@@ -171,7 +211,8 @@ class Worker:
                          extra={"request_id": record.id})
                 return earlier
         base_commit = repo.resolve(request.base) if request.base else tip
-        worktree = self.app.worktrees_dir() / f"{record.id}-{secrets.token_hex(3)}"
+        # The pid in the name lets a later start-up remove what a killed process left behind.
+        worktree = self.app.worktrees_dir() / f"{record.id}~{os.getpid()}~{secrets.token_hex(3)}"
         worktree.parent.mkdir(parents=True, exist_ok=True)
         repo.worktree_add(worktree, tip)
         try:

@@ -73,8 +73,12 @@ class Decision:
     reason: str
 
 
-def load_policy(path: Path) -> Policy:
-    """Read and validate a policy file; ValueError names the file, line-free key and problem."""
+def load_policy(path: Path | None) -> Policy:
+    """Read and validate a policy file (None: the permissive built-in default).
+
+    ValueError names the file, the key and the problem."""
+    if path is None:
+        return Policy()
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

@@ -5,11 +5,29 @@ Pure: no I/O, no git. Every refusal is a GateError with a code from the error ta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hyperion.config import Config
 from hyperion.errors import Code, GateError
 from hyperion.gate.patch import FilePatch, Operation, parse_patch
 from hyperion.gate.paths import check_path, in_scope
+from hyperion.gate.policy import (
+    Action,
+    Decision,
+    Policy,
+    check_allowed_checks,
+    check_limits,
+    decide,
+)
 from hyperion.requests import ChangeRequest, Request, TaskRequest
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """An accepted request: what its patch touches and what the policy decided."""
+
+    files: list[FilePatch]
+    decision: Decision
 
 
 def repo_name(request: Request, config: Config) -> str:
@@ -25,12 +43,22 @@ def repo_name(request: Request, config: Config) -> str:
                     f"{len(config.repos)} configured repos", path="repo")
 
 
-def judge(request: Request, config: Config) -> list[FilePatch]:
+def judge(request: Request, config: Config, policy: Policy) -> Verdict:
+    """Accept (a Verdict, whose decision may still hold it for approval) or raise GateError."""
     repo_name(request, config)
     _check_names(request.checks, config)
+    check_allowed_checks(policy, request.checks)
     if isinstance(request, TaskRequest):
-        return _judge_task(request)
-    return _judge_change(request)
+        _judge_task(request)
+    assert isinstance(request, ChangeRequest)
+    files = _judge_change(request)
+    assert request.patch is not None
+    check_limits(policy, len(request.patch.encode()), files)
+    decision = decide(policy, request.agent, files)
+    if decision.action is Action.DENY:
+        raise GateError(Code.POLICY_DENIED, f"the policy denies this change ({decision.reason})",
+                        detail={"rules": list(decision.rules)})
+    return Verdict(files, decision)
 
 
 def _check_names(checks: list[str], config: Config) -> None:
@@ -41,7 +69,7 @@ def _check_names(checks: list[str], config: Config) -> None:
                             f"the configuration (defined: {known})", path=f"checks[{i}]")
 
 
-def _judge_task(task: TaskRequest) -> list[FilePatch]:
+def _judge_task(task: TaskRequest) -> None:
     raise GateError(Code.POLICY_DENIED, f"tasks need an agent harness ({task.harness!r}), and "
                     "this gate runs no harnesses yet; submit a change request instead",
                     path="harness")

@@ -15,6 +15,7 @@ from typing import Any
 
 from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo, GateError
+from hyperion.gate.policy import Action
 from hyperion.gate.verdict import judge, repo_name
 from hyperion.records import Record, Source, State, now_iso
 from hyperion.requests import Request, claimed_id, load_json, request_from_json
@@ -53,7 +54,7 @@ def accept(app: App, data: bytes, source: Source, *, by: str = "intake") -> Outc
     if existing is not None:
         if existing.original_sha256 == digest:
             if existing.state is State.QUEUED:
-                _enqueue(app, request)   # finishes an intake that crashed before its put
+                enqueue(app, request)   # finishes an intake that crashed before its put
             return Outcome(existing.id, existing.state, existing.error, repeated=True)
         info = ErrorInfo(code=Code.DUPLICATE, path="id", message=(
             f"a different request with id {request.id!r} was already received "
@@ -61,28 +62,45 @@ def accept(app: App, data: bytes, source: Source, *, by: str = "intake") -> Outc
         return reject(app, data, source, None, obj, info, by)
 
     try:
-        judge(request, app.config)
+        verdict = judge(request, app.config, app.policy)
         repo = repo_name(request, app.config)
     except GateError as exc:
         return reject(app, data, source, request.id, obj, exc.info, by)
+    decision = verdict.decision
+    held = decision.action is Action.REQUIRE_APPROVAL
 
     target = request.target or app.config.repos[repo].target
     at = now_iso()
     record = Record(
-        id=request.id, kind=request.kind, state=State.QUEUED, title=request.title, repo=repo,
+        id=request.id, kind=request.kind, state=State.HELD if held else State.QUEUED,
+        title=request.title, repo=repo, policy_rules=list(decision.rules),
         target=target, agent=getattr(request, "agent", None) or getattr(request,
                                                                        "requested_by", None),
         base=request.base or target, source=source, original_sha256=digest, created_at=at,
         updated_at=at)
-    if not app.records.create(record, data, by=by, reason=f"accepted from {source.kind}"):
+    reason = f"accepted from {source.kind}; policy {decision.action.value}: {decision.reason}"
+    if held:
+        reason = f"held for approval from {source.kind}: {decision.reason}"
+    if not app.records.create(record, data, by=by, reason=reason):
         # Lost a race with another intake of the same id: judge again as a repeat.
         return accept(app, data, source, by=by)
-    _enqueue(app, request)
-    log.info("accepted %s from %s", request.id, source.name, extra={"request_id": request.id})
+    log.info("%s %s from %s", "held" if held else "accepted", request.id, source.name,
+             extra={"request_id": request.id})
+    if held:
+        stored = app.records.get(request.id)
+        if stored is not None:
+            app.reporter.outcome(stored)
+        return Outcome(request.id, State.HELD, None)
+    enqueue(app, request)
+    if decision.action is Action.NOTIFY:
+        stored = app.records.get(request.id)
+        if stored is not None:
+            app.reporter.notice(stored, f"policy notice: {decision.reason}")
     return Outcome(request.id, State.QUEUED, None)
 
 
-def _enqueue(app: App, request: Request) -> None:
+def enqueue(app: App, request: Request) -> None:
+    """Hand an accepted request to the spool (a no-op when it is already there)."""
     payload = request.model_dump_json(by_alias=True).encode()
     app.spool.put(request.id, payload, priority=request.priority)
 

@@ -1,0 +1,47 @@
+"""Decisions on held requests: `hyperion approve` sends one on to the queue, `deny` rejects it.
+
+The actor and the decision go into the record's history and the audit log, and a denial is
+reported like any other terminal state.
+"""
+
+from __future__ import annotations
+
+from hyperion.app import App
+from hyperion.errors import Code, ErrorInfo
+from hyperion.intake.accept import enqueue
+from hyperion.records import Record, State
+from hyperion.requests import parse_request
+
+
+class NotHeld(Exception):
+    pass
+
+
+def _held(app: App, record_id: str) -> Record:
+    record = app.records.get(record_id)
+    if record is None:
+        raise NotHeld(f"no record with id {record_id!r}")
+    if record.state is not State.HELD:
+        raise NotHeld(f"{record_id} is {record.state.value}, not held; only held requests can "
+                      "be approved or denied")
+    return record
+
+
+def approve(app: App, record_id: str, *, by: str) -> Record:
+    _held(app, record_id)
+    original = app.records.original_path(record_id).read_bytes()
+    request = parse_request(original, max_bytes=app.config.limits.max_request_bytes,
+                            max_depth=app.config.limits.max_json_depth)
+    # Spool first: a crash before the transition leaves an approved item that a worker runs,
+    # never an approval that is recorded but lost.
+    enqueue(app, request)
+    return app.records.transition(record_id, State.QUEUED, by=by, reason=f"approved by {by}")
+
+
+def deny(app: App, record_id: str, *, by: str, reason: str) -> Record:
+    _held(app, record_id)
+    error = ErrorInfo(code=Code.POLICY_DENIED, message=f"denied by {by}: {reason}")
+    record = app.records.transition(record_id, State.REJECTED, by=by,
+                                    reason=f"denied by {by}: {reason}", error=error)
+    app.reporter.outcome(record)
+    return record
