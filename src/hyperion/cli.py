@@ -216,17 +216,200 @@ def cmd_deny(args: argparse.Namespace) -> int:
     return _decide(args, approve=False)
 
 
+def _configure_logging(args: argparse.Namespace, config: Config) -> None:
+    from hyperion.logs import setup_logging
+
+    setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from hyperion.app import App
     from hyperion.daemon import run_forever, run_once
 
     config = _config(args)
+    _configure_logging(args, config)
     app = App.open(config)
     workers = args.workers or config.workers
     if args.once:
         run_once(app, workers=workers)
     else:
         run_forever(app, workers=workers)
+    return EXIT_OK
+
+
+def _pidfile(config: Config) -> Path:
+    return config.state_dir / "hyperion.pid"
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """Detach with python-daemon; answer only when the daemon is ready (or failed to start)."""
+    import os
+
+    from hyperion.app import App
+    from hyperion.instances import held_pid
+
+    config = _config(args)
+    App.open(config)                      # a bad config or policy exits 2 here, attached
+    running = held_pid(_pidfile(config))
+    if running is not None:
+        print(f"hyperion: already running (pid {running}) on {config.state_dir}",
+              file=sys.stderr)
+        return EXIT_PROBLEM
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:                    # the child becomes the daemon
+        os.close(read_end)
+        code = _detached(args, config, write_end)
+        os._exit(code)
+    os.close(write_end)
+    answer = _read_answer(read_end, timeout=60)
+    if answer.startswith("ready"):
+        print(f"hyperion: started (pid {answer.split()[1]}); log: "
+              f"{config.state_dir / 'hyperion.log'}")
+        return EXIT_OK
+    print(f"hyperion: did not start: {answer or 'no answer from the daemon (see its log)'}",
+          file=sys.stderr)
+    return EXIT_PROBLEM
+
+
+def _read_answer(fd: int, timeout: float) -> str:
+    import os
+    import select
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+            if data.endswith(b"\n"):
+                break
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace").strip()
+
+
+def _detached(args: argparse.Namespace, config: Config, answer_fd: int) -> int:
+    import os
+
+    import daemon as python_daemon  # python-daemon
+
+    from hyperion.app import App
+    from hyperion.daemon import Daemon
+    from hyperion.instances import AlreadyRunning, PidFile
+
+    log_path = config.state_dir / "hyperion.log"
+    log_file = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+    def answer(text: str) -> None:
+        try:
+            os.write(answer_fd, (text + "\n").encode())
+            os.close(answer_fd)
+        except OSError:
+            pass
+
+    context = python_daemon.DaemonContext(
+        working_directory="/", umask=0o022, files_preserve=[answer_fd, log_file],
+        stdout=log_file, stderr=log_file, signal_map={})
+    with context:
+        pidfile = PidFile(_pidfile(config))
+        try:
+            pidfile.acquire()
+        except AlreadyRunning as exc:
+            answer(f"error: {exc}")
+            return EXIT_PROBLEM
+        try:
+            _configure_logging(args, config)
+            app = App.open(config)
+            instance = Daemon(app, workers=args.workers or config.workers,
+                              on_ready=lambda: answer(f"ready {os.getpid()}"))
+            instance.install_signals()
+            instance.run()
+        except Exception as exc:
+            logging.getLogger("hyperion").exception("the daemon failed")
+            answer(f"error: {type(exc).__name__}: {exc}")
+            return EXIT_PROBLEM
+        finally:
+            pidfile.release()
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from hyperion.instances import held_pid
+
+    config = _config(args)
+    pid = held_pid(_pidfile(config))
+    if pid is None:
+        print("hyperion: not running")
+        return EXIT_OK
+    os.kill(pid, signal.SIGTERM)
+    timeout = args.timeout if args.timeout is not None else config.drain_timeout_s + 60
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if held_pid(_pidfile(config)) is None:
+            print(f"hyperion: stopped (pid {pid})")
+            return EXIT_OK
+        time.sleep(0.1)
+    print(f"hyperion: pid {pid} is still draining after {timeout:g} s", file=sys.stderr)
+    return EXIT_PROBLEM
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from hyperion.instances import held_pid, live
+    from hyperion.records import RecordStore
+    from hyperion.spool import Spool
+
+    config = _config(args)
+    state = config.state_dir
+    daemons = live(state) if state.is_dir() else []
+    records = RecordStore(state).all() if state.is_dir() else []
+    by_state = Counter(r.state.value for r in records)
+    events: list[dict[str, Any]] = []
+    audit = state / "audit.jsonl"
+    if audit.exists():
+        for line in audit.read_text(encoding="utf-8").splitlines()[-10:]:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    queue = Spool(state / "spool").counts() if state.is_dir() else {}
+    recent = list(reversed(events))
+    data: dict[str, Any] = {
+        "state_dir": str(state),
+        "detached_pid": held_pid(_pidfile(config)) if state.is_dir() else None,
+        "daemons": daemons,
+        "queue": queue,
+        "records": dict(sorted(by_state.items())),
+        "recent": recent,
+    }
+
+    def text() -> str:
+        lines = [f"state_dir: {state}"]
+        if not daemons:
+            lines.append("daemon:    not running")
+        for d in daemons:
+            lines.append(f"daemon:    pid {d.get('pid')} on {d.get('host')}, up "
+                         f"{d.get('uptime_s', 0):.0f} s, {d.get('workers_busy', 0)}/"
+                         f"{d.get('workers')} workers busy")
+        lines.append("queue:     " + ", ".join(f"{k} {v}" for k, v in queue.items()))
+        lines.append("records:   " + (", ".join(f"{k} {v}" for k, v in sorted(by_state.items()))
+                                      or "none"))
+        if events:
+            lines.append("recent:")
+            lines += [f"  {e.get('at')}  {e.get('id')}  {e.get('from') or '-'} -> "
+                      f"{e.get('to')}  {e.get('reason', '')[:80]}" for e in recent]
+        return "\n".join(lines)
+
+    _emit(args, data, text)
     return EXIT_OK
 
 
@@ -335,8 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "git repositories.")
     parser.add_argument("--version", action="version", version=f"hyperion {__version__}")
     parser.add_argument("--config", metavar="PATH", help=config_help)
-    parser.add_argument("--log-level", default="INFO",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="default: the config's log.level (INFO)")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        help="default: the config's log.format (text)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", parents=[common], help="create a working setup in DIR")
@@ -381,6 +566,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", help="who decides (default: the current user)")
     p.set_defaults(func=cmd_deny)
 
+    p = sub.add_parser("start", parents=[common], help="run the daemon detached")
+    p.add_argument("--workers", type=int, help="worker threads (default: config `workers`)")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("stop", parents=[common], help="stop the detached daemon (drains)")
+    p.add_argument("--timeout", type=float, help="seconds to wait for the drain "
+                   "(default: drain_timeout_s + 60)")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("status", parents=[common, fmt],
+                       help="daemons, queue depths and recent events")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("list", parents=[common, fmt], help="records, newest first")
     p.add_argument("--state")
     p.add_argument("--since", help="only records updated within this long, e.g. 2h, 30m, 7d")
@@ -393,21 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            record.request_id = "-"
-        return True
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s request_id=%(request_id)s %(message)s"))
-    logging.basicConfig(level=args.log_level, handlers=[handler])
+    from hyperion.logs import setup_logging
+
+    setup_logging(args.log_level or "INFO", args.log_format or "text")
     if getattr(args, "workers", None) is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
     try:

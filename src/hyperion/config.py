@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -60,6 +60,16 @@ class LimitsConfig(_Strict):
     max_json_depth: int = Field(32, gt=1, le=512, description="Deepest JSON nesting accepted.")
 
 
+class LogConfig(_Strict):
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class MetricsConfig(_Strict):
+    listen: str = Field(description="host:port for Prometheus text, e.g. 127.0.0.1:9108",
+                        pattern=r"^[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}$")
+
+
 class Config(_Strict):
     state_dir: Path = Path(".hyperion")
     inbox: Path = Path("inbox")
@@ -71,6 +81,11 @@ class Config(_Strict):
     policy: Path | None = None
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    metrics: MetricsConfig | None = None
+    drain_timeout_s: float = Field(600, ge=0, le=24 * 3600, description=(
+        "On SIGTERM, how long in-flight requests may take to finish before their checks are "
+        "stopped and they are requeued."))
 
     # Set by load_config; not part of the file.
     source: SkipJsonSchema[Path | None] = Field(None, exclude=True)

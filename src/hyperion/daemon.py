@@ -1,7 +1,14 @@
-"""Wiring of `hyperion run`: intake, workers and the sweeper as threads of one process.
+"""`hyperion run`: intake, workers and the sweeper as threads of one process.
 
-TERM and INT drain: no new leases; each worker finishes the request it holds. A request that
-is interrupted anyway (kill -9) is found by the sweeper of the next run and retried.
+Signals (the handlers only set flags; the main loop acts):
+- TERM, INT: drain. No new leases; in-flight requests finish within ``drain_timeout_s``;
+  after that their checks are killed and they are requeued. Exit 0.
+- HUP: reload configuration and policy atomically; a bad new file is refused, the old one
+  kept, the error logged and notified.
+- USR1: write a status dump to the log.
+Under systemd (Type=notify): READY=1 after the start-up scan, STATUS= with queue counts,
+WATCHDOG=1 from the main loop (so a hung loop stops pinging), RELOADING=1, STOPPING=1.
+A request interrupted harder (kill -9) is found by the next start: its lease's process is gone.
 """
 
 from __future__ import annotations
@@ -12,20 +19,39 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
+from hyperion import __version__
 from hyperion.app import App
+from hyperion.config import ConfigError, load_config
+from hyperion.instances import Registration
 from hyperion.intake.inbox import Inbox, InboxWatcher
+from hyperion.records import now_iso
+from hyperion.report import Reporter
+from hyperion.run import abort_all
+from hyperion.sdnotify import Notifier
 from hyperion.worker import Worker, prune_worktrees
 
 log = logging.getLogger("hyperion.daemon")
 
 IDLE_POLL_S = 0.25
-SWEEP_EVERY_S = 5.0
+LOOP_S = 5.0
+ABORT_GRACE_S = 30.0
 
 
 def _worker_name(index: int) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:w{index}"
+
+
+def _recover(app: App) -> None:
+    """What a killed process left: leases back to the queue, its worktrees removed."""
+    swept = app.spool.sweep()
+    pruned = prune_worktrees(app)
+    if swept or pruned:
+        log.warning("recovered after an unclean stop: %d lease(s) requeued, %d worktree(s) "
+                    "removed", swept, pruned)
 
 
 def run_once(app: App, *, workers: int) -> None:
@@ -44,61 +70,176 @@ def run_once(app: App, *, workers: int) -> None:
             return
 
 
-def _recover(app: App) -> None:
-    """What a killed process left: leases back to the queue, its worktrees removed."""
-    swept = app.spool.sweep()
-    pruned = prune_worktrees(app)
-    if swept or pruned:
-        log.warning("recovered after an unclean stop: %d lease(s) requeued, %d worktree(s) "
-                    "removed", swept, pruned)
-
-
 def _drain(worker: Worker) -> None:
     while worker.run_one():
         pass
 
 
-def run_forever(app: App, *, workers: int, stop: threading.Event | None = None) -> None:
-    stop = stop or threading.Event()
+class Daemon:
+    """The long-running process. ``run()`` returns when a stop was requested and drained."""
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %s: draining (finishing the requests in hand)",
-                 signal.Signals(signum).name)
-        stop.set()
+    def __init__(self, app: App, *, workers: int, notifier: Notifier | None = None,
+                 on_ready: Callable[[], None] | None = None) -> None:
+        self.app = app
+        self.workers = workers
+        self.notifier = notifier or Notifier()
+        self.on_ready = on_ready
+        self.stop = threading.Event()
+        self._wake = threading.Event()
+        self._reload = False
+        self._dump = False
+        self._busy: dict[str, str | None] = {}
+        self.started = time.time()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    # -- signals: flags only
+    def install_signals(self) -> None:
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            self.stop.set()
+            self._wake.set()
 
-    _recover(app)
-    inbox = Inbox(app)
-    watcher = InboxWatcher(inbox)
-    watcher.start()          # watch first, then scan: no file slips between the two
-    inbox.scan()
-    threads = [threading.Thread(target=watcher.run, args=(stop,), name="intake")]
-    for i in range(workers):
-        worker = Worker(app, _worker_name(i))
-        threads.append(threading.Thread(target=_work, args=(worker, stop), name=worker.name))
-    for t in threads:
-        t.start()
-    log.info("running: inbox %s, %d workers, state in %s", inbox.dir, workers,
-             app.config.state_dir)
-    while not stop.wait(SWEEP_EVERY_S):
-        swept = app.spool.sweep()
-        if swept:
-            log.warning("swept %d stale lease(s) back to the queue", swept)
-    watcher.stop()
-    for t in threads:
-        t.join()
-    log.info("stopped")
+        def request_reload(signum: int, frame: FrameType | None) -> None:
+            self._reload = True
+            self._wake.set()
 
+        def request_dump(signum: int, frame: FrameType | None) -> None:
+            self._dump = True
+            self._wake.set()
 
-def _work(worker: Worker, stop: threading.Event) -> None:
-    while not stop.is_set():
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGHUP, request_reload)
+        signal.signal(signal.SIGUSR1, request_dump)
+
+    def run(self) -> None:
+        app = self.app
+        registration = Registration(app.config.state_dir, {
+            "pid": os.getpid(), "host": socket.gethostname(), "version": __version__,
+            "started_at": now_iso(), "workers": self.workers,
+            "config": str(app.config.source) if app.config.source else None})
         try:
-            busy = worker.run_one()
-        except Exception:  # the worker thread must survive anything a request does
-            log.exception("worker %s: unexpected error; continuing", worker.name)
-            busy = False
-        if not busy:
-            stop.wait(IDLE_POLL_S)
+            self._run(registration)
+        finally:
+            registration.close()
+
+    def _run(self, registration: Registration) -> None:
+        app = self.app
+        _recover(app)
+        inbox = Inbox(app)
+        watcher = InboxWatcher(inbox)
+        watcher.start()          # watch first, then scan: no file slips between the two
+        inbox.scan()
+        intake = threading.Thread(target=watcher.run, args=(self.stop,), name="intake",
+                                  daemon=True)
+        threads = [intake]
+        for i in range(self.workers):
+            worker = Worker(app, _worker_name(i))
+            self._busy[worker.name] = None
+            threads.append(threading.Thread(target=self._work, args=(worker,), name=worker.name,
+                                            daemon=True))
+        for t in threads:
+            t.start()
+        log.info("running: inbox %s, %d workers, state in %s", inbox.dir, self.workers,
+                 app.config.state_dir)
+        self.notifier.ready(self._status_line())
+        if self.on_ready is not None:
+            self.on_ready()
+        interval = min(LOOP_S, self.notifier.watchdog_interval_s or LOOP_S)
+        next_sweep = time.monotonic() + LOOP_S
+        while not self.stop.is_set():
+            self.notifier.watchdog()
+            if self._reload:
+                self._reload = False
+                self.reload()
+            if self._dump:
+                self._dump = False
+                log.info("status: %s", self.status())
+            if time.monotonic() >= next_sweep:
+                swept = app.spool.sweep()
+                if swept:
+                    log.warning("swept %d stale lease(s) back to the queue", swept)
+                next_sweep = time.monotonic() + LOOP_S
+            registration.update(self.status())
+            self.notifier.status(self._status_line())
+            self._wake.wait(interval)
+            self._wake.clear()
+        self._shutdown(watcher, threads)
+
+    def _shutdown(self, watcher: InboxWatcher, threads: list[threading.Thread]) -> None:
+        log.info("stopping: draining the requests in hand (up to %g s)",
+                 self.app.config.drain_timeout_s)
+        self.notifier.stopping()
+        watcher.stop()
+        deadline = time.monotonic() + self.app.config.drain_timeout_s
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in threads):
+            killed = abort_all()
+            log.warning("drain timeout: stopped %d running check(s); their requests are "
+                        "requeued", killed)
+            deadline = time.monotonic() + ABORT_GRACE_S
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+        log.info("stopped")
+
+    def _work(self, worker: Worker) -> None:
+        while not self.stop.is_set():
+            try:
+                busy = worker.run_one(on_lease=lambda id: self._busy.__setitem__(worker.name,
+                                                                                  id))
+            except Exception:  # the worker thread must survive anything a request does
+                log.exception("worker %s: unexpected error; continuing", worker.name)
+                busy = False
+            self._busy[worker.name] = None
+            if not busy:
+                self.stop.wait(IDLE_POLL_S)
+
+    # -- reload and status
+    def reload(self) -> bool:
+        self.notifier.reloading()
+        old = self.app.config
+        try:
+            config = load_config(str(old.source) if old.source else None)
+            from hyperion.gate.policy import load_policy
+
+            try:
+                policy = load_policy(config.policy)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        except ConfigError as exc:
+            log.error("reload refused; keeping the running configuration: %s", exc)
+            self.app.reporter.system("hyperion: reload refused",
+                                     f"The new configuration was refused and the running one "
+                                     f"kept:\n{exc}", "failure")
+            self.notifier.ready(self._status_line())
+            return False
+        for key in ("state_dir", "inbox", "workers"):
+            if getattr(config, key) != getattr(old, key):
+                log.warning("reload: %s changed; it takes effect at the next restart", key)
+                config = config.model_copy(update={key: getattr(old, key)})
+        # One assignment each: a worker sees the old pair or the new pair of values.
+        self.app.config = config
+        self.app.policy = policy
+        self.app.reporter = Reporter(config)
+        log.info("reloaded configuration and policy from %s", config.source)
+        self.notifier.ready(self._status_line())
+        return True
+
+    def status(self) -> dict[str, Any]:
+        busy = {name: rid for name, rid in self._busy.items()}
+        return {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1),
+                "queue": self.app.spool.counts(),
+                "workers_busy": sum(1 for v in busy.values() if v), "working_on": busy,
+                "updated_at": now_iso()}
+
+    def _status_line(self) -> str:
+        counts = self.app.spool.counts()
+        busy = sum(1 for v in self._busy.values() if v)
+        return (f"{counts.get('queued', 0)} queued, {counts.get('running', 0)} running, "
+                f"{busy}/{self.workers} workers busy")
+
+
+def run_forever(app: App, *, workers: int) -> None:
+    daemon = Daemon(app, workers=workers)
+    if threading.current_thread() is threading.main_thread():
+        daemon.install_signals()
+    daemon.run()

@@ -70,6 +70,10 @@ class Reporter:
             self._apprise = client
         return self._apprise
 
+    def system(self, title: str, body: str, notify_type: str) -> bool:
+        """A notification about hyperion itself (not about one request)."""
+        return self._deliver("-", title, body, notify_type)
+
     def notice(self, record: Record, text: str) -> bool:
         """An informational notification about a record that is not (yet) an outcome."""
         _, body = render(record)
@@ -84,6 +88,9 @@ class Reporter:
         return self._send(record, title, body, NOTIFY_TYPES[record.state])
 
     def _send(self, record: Record, title: str, body: str, notify_type: str) -> bool:
+        return self._deliver(record.id, title, body, notify_type)
+
+    def _deliver(self, request_id: str, title: str, body: str, notify_type: str) -> bool:
         if not self.config.notify.urls:
             return True
         with self._lock:
@@ -91,10 +98,10 @@ class Reporter:
                 client = self._client()
                 ok = bool(client.notify(title=title, body=body, notify_type=notify_type))
             except Exception as exc:  # a notifier must never take the pipeline down
-                log.error("notify: delivery for %s raised %s", record.id, type(exc).__name__,
-                          extra={"request_id": record.id})
+                log.error("notify: delivery for %s raised %s", request_id,
+                          type(exc).__name__, extra={"request_id": request_id})
                 return False
         if not ok:
-            log.error("notify: delivery for %s failed on at least one target", record.id,
-                      extra={"request_id": record.id})
+            log.error("notify: delivery for %s failed on at least one target", request_id,
+                      extra={"request_id": request_id})
         return ok

@@ -26,13 +26,14 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["RunResult", "run_command", "scrubbed_env"]
+__all__ = ["RunResult", "abort_all", "run_command", "scrubbed_env"]
 
 #: Variables of the daemon's environment that a child may see (besides ``LC_*``).
 KEPT_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
@@ -42,6 +43,10 @@ _READ_CHUNK = 64 * 1024
 _DRAIN_AFTER_EXIT_S = 0.5
 #: Polling interval when ``pidfd_open`` is not available (old kernels, strict seccomp).
 _POLL_S = 0.05
+# Process groups of the commands running now, for abort_all().
+_active: set[int] = set()
+_aborted: set[int] = set()
+_active_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class RunResult:
     output_bytes: int
     truncated: bool
     tail: str
+
+    aborted: bool = False      # killed by abort_all() (hyperion stopping), not by its own doing
 
     @property
     def ok(self) -> bool:
@@ -116,9 +123,15 @@ def run_command(argv: Sequence[str], *, cwd: Path, timeout_s: float, output_path
             return RunResult(argv=args, exit_code=None, timed_out=False, start_error=message,
                              duration_s=time.monotonic() - started, output_path=output_path,
                              output_bytes=0, truncated=False, tail="")
+        with _active_lock:
+            _active.add(proc.pid)
         try:
             timed_out = _supervise(proc, out, capture, started + timeout_s, kill_grace_s)
         finally:
+            with _active_lock:
+                _active.discard(proc.pid)
+                aborted = proc.pid in _aborted
+                _aborted.discard(proc.pid)
             if proc.returncode is None:
                 # Only reached on an error in the parent (or KeyboardInterrupt): the group
                 # must not outlive us. The unreaped child keeps its pgid reserved.
@@ -137,7 +150,19 @@ def run_command(argv: Sequence[str], *, cwd: Path, timeout_s: float, output_path
                      timed_out=timed_out, start_error=None, duration_s=duration,
                      output_path=output_path, output_bytes=capture.total,
                      truncated=capture.truncated,
-                     tail=bytes(capture.tail).decode("utf-8", errors="replace"))
+                     tail=bytes(capture.tail).decode("utf-8", errors="replace"),
+                     aborted=aborted)
+
+
+def abort_all() -> int:
+    """Kill the process group of every command running now (a daemon past its drain timeout).
+    Their results come back with ``aborted=True``. Returns how many were killed."""
+    with _active_lock:
+        groups = list(_active)
+        _aborted.update(groups)
+    for pgid in groups:
+        _kill_group(pgid, signal.SIGKILL)
+    return len(groups)
 
 
 def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ import random
 import secrets
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,11 +137,13 @@ class Worker:
         self.app = app
         self.name = name
 
-    def run_one(self) -> bool:
+    def run_one(self, on_lease: Callable[[str], None] | None = None) -> bool:
         """Lease one ready request and take it to its next resting state. False if none."""
         lease = self.app.spool.lease(self.name, ttl_s=LEASE_TTL_S)
         if lease is None:
             return False
+        if on_lease is not None:
+            on_lease(lease.id)
         with Heartbeat(self.app, lease) as beat:
             self._process(lease, beat)
         return True
@@ -265,6 +267,10 @@ class Worker:
                 name=name, ok=result.ok, exit_code=result.exit_code, timed_out=result.timed_out,
                 seconds=round(result.duration_s, 3), artifact=artifact, tail=result.tail[-2000:]))
             self.app.records.update(record.id, checks=results)
+            if result.aborted:
+                raise Retry(ErrorInfo(code=Code.INTERNAL_ERROR, message="hyperion was stopped "
+                                      f"while the check {name!r} ran; the request is requeued"),
+                            delay_s=0)
             if result.timed_out:
                 raise Failed(Code.TIMEOUT, f"the check {name!r} ran past its limit of "
                              f"{check.timeout_s:g} s and was stopped; see {artifact}",
