@@ -172,3 +172,56 @@ def test_drain_timeout_stops_checks_and_requeues(setup: Setup) -> None:
     out = setup.cli("run", "--once")
     assert out.returncode == 0, out.stderr
     assert setup.record("drain-1")["state"] == "landed"
+
+
+def test_doctor_healthy_then_names_each_problem(setup: Setup) -> None:
+    out = setup.cli("doctor", "--format", "json")
+    assert out.returncode == 0, out.stdout
+    report = json.loads(out.stdout)
+    assert report["ok"] and {c["name"] for c in report["checks"]} >= {
+        "git", "repo demo", "state_dir", "inbox", "inotify", "policy", "check unit"}
+    text = setup.config.read_text().replace(f"path: {setup.repo}", "path: /nonexistent/repo")
+    setup.config.write_text(text.replace("target: main", "target: main\n  other:\n"
+                                         f"    path: {setup.repo}\n    target: nope"))
+    out = setup.cli("doctor")
+    assert out.returncode == 1
+    failures = [line for line in out.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failures) == 2
+    assert any("repo demo" in f and "not a git repository" in f for f in failures)
+    assert any("repo other" in f and "'nope' does not exist" in f for f in failures)
+
+
+def test_metrics_endpoint_answers_prometheus_text(setup: Setup) -> None:
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    setup.config.write_text(setup.config.read_text() +
+                            f'metrics:\n  listen: "127.0.0.1:{port}"\n')
+    proc = start_run(setup)
+    try:
+        setup.drop("c.json", setup.request("m-1", {"app.py": "VALUE = 31\n"}))
+        wait_for(lambda: state_of(setup, "m-1") == "landed")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            text = resp.read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert 'hyperion_requests_total{state="landed"} 1' in text
+    assert 'hyperion_queue_depth{state="done"} 1' in text
+    assert 'hyperion_stage_seconds_bucket{stage="check",le="+Inf"} 1' in text
+    assert "hyperion_workers 2" in text and "# TYPE hyperion_workers_busy gauge" in text
+
+
+@pytest.mark.parametrize("args", [["--version"], ["list"], ["inspect", "nope"],
+                                  ["validate", "missing.json"], ["status"]])
+def test_quick_commands_do_not_import_heavy_libraries(setup: Setup, args: list[str]) -> None:
+    code = ("import sys\nfrom hyperion.cli import main\n"
+            f"try:\n    main(['--config', {str(setup.config)!r}, *{args!r}])\n"
+            "except SystemExit:\n    pass\n"
+            "print([m for m in ('apprise', 'dulwich', 'watchdog') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=setup.root)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

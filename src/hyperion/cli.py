@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperion import __version__
-from hyperion.config import Config, ConfigError, load_config
+from hyperion.config import Config, ConfigError, load_config, redact_url
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -95,14 +95,6 @@ def cmd_config(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(data, sort_keys=False).rstrip())
     return EXIT_OK
-
-
-def redact_url(url: str) -> str:
-    """Hide credentials in a notification URL: user:password@ and secret-looking parameters."""
-    url = re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
-    url = re.sub(r"(//)[^/@:]+@", r"\1***@", url)
-    return re.sub(r"(?i)([?&](?:pass|password|token|key|secret|apikey|api_key)=)[^&]*",
-                  r"\1***", url)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -413,6 +405,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from hyperion.doctor import diagnose
+
+    findings = diagnose(_config(args), send_test=args.notify)
+    healthy = all(f.ok for f in findings)
+    data = {"ok": healthy, "checks": [{"name": f.name, "ok": f.ok, "message": f.message}
+                                      for f in findings]}
+    _emit(args, data, lambda: "\n".join(
+        f"{'ok  ' if f.ok else 'FAIL'}  {f.name}: {f.message}" for f in findings))
+    return EXIT_OK if healthy else EXIT_PROBLEM
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from hyperion.records import RecordStore, State
 
@@ -578,6 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common, fmt],
                        help="daemons, queue depths and recent events")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("doctor", parents=[common, fmt],
+                       help="check git, repos, state dir, inotify, policy, notifications")
+    p.add_argument("--notify", action="store_true", help="also send a test notification")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("list", parents=[common, fmt], help="records, newest first")
     p.add_argument("--state")

@@ -113,6 +113,14 @@ class Config(_Strict):
         })
 
 
+def redact_url(url: str) -> str:
+    """Hide credentials in a notification URL: user:password@ and secret-looking parameters."""
+    url = re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+    url = re.sub(r"(//)[^/@:]+@", r"\1***@", url)
+    return re.sub(r"(?i)([?&](?:pass|password|token|key|secret|apikey|api_key)=)[^&]*",
+                  r"\1***", url)
+
+
 def find_config(explicit: str | None) -> Path:
     if explicit:
         return Path(explicit)

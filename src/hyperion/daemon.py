@@ -19,7 +19,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -28,6 +28,7 @@ from hyperion.app import App
 from hyperion.config import ConfigError, load_config
 from hyperion.instances import Registration
 from hyperion.intake.inbox import Inbox, InboxWatcher
+from hyperion.metrics import METRICS, MetricsServer
 from hyperion.records import now_iso
 from hyperion.report import Reporter
 from hyperion.run import abort_all
@@ -138,6 +139,7 @@ class Daemon:
                                             daemon=True))
         for t in threads:
             t.start()
+        server = self._start_metrics()
         log.info("running: inbox %s, %d workers, state in %s", inbox.dir, self.workers,
                  app.config.state_dir)
         self.notifier.ready(self._status_line())
@@ -156,6 +158,7 @@ class Daemon:
             if time.monotonic() >= next_sweep:
                 swept = app.spool.sweep()
                 if swept:
+                    METRICS.inc("hyperion_lease_sweeps_total", swept)
                     log.warning("swept %d stale lease(s) back to the queue", swept)
                 next_sweep = time.monotonic() + LOOP_S
             registration.update(self.status())
@@ -163,6 +166,28 @@ class Daemon:
             self._wake.wait(interval)
             self._wake.clear()
         self._shutdown(watcher, threads)
+        if server is not None:
+            server.stop()
+
+    def _start_metrics(self) -> MetricsServer | None:
+        if self.app.config.metrics is None:
+            return None
+
+        def gauges() -> Iterator[tuple[str, str, tuple[tuple[str, str], ...], float]]:
+            for state, count in self.app.spool.counts().items():
+                yield ("hyperion_queue_depth", "Spool items by state.", (("state", state),),
+                       count)
+            yield ("hyperion_workers", "Worker threads.", (), self.workers)
+            yield ("hyperion_workers_busy", "Worker threads working on a request.", (),
+                   sum(1 for v in self._busy.values() if v))
+            yield ("hyperion_uptime_seconds", "Seconds since start.", (),
+                   time.time() - self.started)
+
+        METRICS.collector(gauges)
+        server = MetricsServer(self.app.config.metrics.listen)
+        server.start()
+        log.info("metrics on http://%s/metrics", self.app.config.metrics.listen)
+        return server
 
     def _shutdown(self, watcher: InboxWatcher, threads: list[threading.Thread]) -> None:
         log.info("stopping: draining the requests in hand (up to %g s)",

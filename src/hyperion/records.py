@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hyperion.errors import ErrorInfo
 from hyperion.fsutil import append_line, fsync_dir, write_atomic
+from hyperion.metrics import METRICS
 
 
 class State(StrEnum):
@@ -185,6 +186,7 @@ class RecordStore:
         return out
 
     def _audit(self, record_id: str, entry: HistoryEntry) -> None:
+        METRICS.inc("hyperion_requests_total", state=entry.to.value)
         line = {"id": record_id, **entry.model_dump(mode="json", by_alias=True)}
         append_line(self.audit_path, json.dumps(line, sort_keys=True).encode())
 

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from hyperion.config import Config
+from hyperion.metrics import METRICS
 from hyperion.records import Record, State
 
 log = logging.getLogger("hyperion.report")
@@ -98,10 +99,12 @@ class Reporter:
                 client = self._client()
                 ok = bool(client.notify(title=title, body=body, notify_type=notify_type))
             except Exception as exc:  # a notifier must never take the pipeline down
+                METRICS.inc("hyperion_notification_failures_total")
                 log.error("notify: delivery for %s raised %s", request_id,
                           type(exc).__name__, extra={"request_id": request_id})
                 return False
         if not ok:
+            METRICS.inc("hyperion_notification_failures_total")
             log.error("notify: delivery for %s failed on at least one target", request_id,
                       extra={"request_id": request_id})
         return ok

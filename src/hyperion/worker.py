@@ -19,6 +19,7 @@ import random
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo
 from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
+from hyperion.metrics import METRICS
 from hyperion.records import CheckResult, Record, State
 from hyperion.requests import ChangeRequest
 from hyperion.run import run_command, scrubbed_env
@@ -39,6 +41,15 @@ BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 300.0
 _land_locks: dict[str, threading.Lock] = {}
 _land_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        METRICS.observe("hyperion_stage_seconds", time.monotonic() - started, stage=name)
 
 
 class Failed(Exception):
@@ -216,10 +227,12 @@ class Worker:
         # The pid in the name lets a later start-up remove what a killed process left behind.
         worktree = self.app.worktrees_dir() / f"{record.id}~{os.getpid()}~{secrets.token_hex(3)}"
         worktree.parent.mkdir(parents=True, exist_ok=True)
-        repo.worktree_add(worktree, tip)
+        with _stage("prepare"):
+            repo.worktree_add(worktree, tip)
         try:
             assert request.patch is not None
-            reason = repo.apply_check(worktree, request.patch)
+            with _stage("apply"):
+                reason = repo.apply_check(worktree, request.patch)
             if reason is not None:
                 self._save_artifact(record.id, "apply-conflict.txt",
                                     f"target: {target} at {tip}\nbase: {request.base}\n\n"
@@ -227,13 +240,15 @@ class Worker:
                 first = reason.splitlines()[0] if reason else "no reason given"
                 raise Failed(Code.APPLY_CONFLICT, f"the patch does not apply to {target} at "
                              f"{tip[:12]} ({first[:200]}); rebase it onto the current {target}")
-            repo.apply(worktree, request.patch)
-            self._check_hashes(request, worktree)
-            message = commit_message(request.title, request.body, request.id)
-            commit = repo.commit(worktree, tip, message, author_identity(request.agent))
+            with _stage("apply"):
+                repo.apply(worktree, request.patch)
+                self._check_hashes(request, worktree)
+                message = commit_message(request.title, request.body, request.id)
+                commit = repo.commit(worktree, tip, message, author_identity(request.agent))
             self.app.records.update(record.id, applied_onto=tip, base_commit=base_commit)
             self._run_checks(request, record, worktree)
-            self._land(repo, record, target, commit, tip)
+            with _stage("land"):
+                self._land(repo, record, target, commit, tip)
             return commit
         finally:
             repo.worktree_remove(worktree)
@@ -263,6 +278,7 @@ class Worker:
             result = run_command(check.run, cwd=worktree, timeout_s=check.timeout_s,
                                  output_path=self.app.artifacts_dir(record.id) / artifact,
                                  env=scrubbed_env(check.env))
+            METRICS.observe("hyperion_stage_seconds", result.duration_s, stage="check")
             results.append(CheckResult(
                 name=name, ok=result.ok, exit_code=result.exit_code, timed_out=result.timed_out,
                 seconds=round(result.duration_s, 3), artifact=artifact, tail=result.tail[-2000:]))
