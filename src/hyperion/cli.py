@@ -14,10 +14,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hyperion import __version__
-from hyperion.config import Config, ConfigError, load_config, redact_url
+
+if TYPE_CHECKING:   # pydantic and yaml cost ~130 ms: `--version` and `--help` skip them
+    from hyperion.config import Config
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -36,10 +38,13 @@ def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
+    from hyperion.config import load_config
+
     return load_config(args.config)
 
 
 def _policy(config: Config) -> Any:
+    from hyperion.config import ConfigError
     from hyperion.gate.policy import load_policy
 
     try:
@@ -87,6 +92,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"{config.source}: ok")
         return EXIT_OK
     data = config.model_dump(mode="json")
+    from hyperion.config import redact_url
+
     data["notify"]["urls"] = [redact_url(u) for u in data["notify"]["urls"]]
     if args.format == "json":
         print(json.dumps(data, indent=2))
@@ -603,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from hyperion.config import ConfigError
     from hyperion.logs import setup_logging
 
     setup_logging(args.log_level or "INFO", args.log_format or "text")
