@@ -141,6 +141,8 @@ def test_denied_request_is_rejected_and_reported(setup: Setup, webhook: Webhook)
     assert record["state"] == "rejected"
     assert record["error"]["code"] == "policy_denied"
     assert "bob" in record["error"]["message"] and "not now" in record["error"]["message"]
+    assert webhook.received == []            # queued in the outbox: the daemon delivers
+    assert setup.cli("run", "--once").returncode == 0
     assert [n["type"] for n in webhook.wait_for(2)] == ["warning", "failure"]
 
 
@@ -153,3 +155,26 @@ def test_policy_deny_rejects_at_intake(setup: Setup) -> None:
     assert out.returncode == 1
     error = json.loads(out.stdout)[0]["errors"][0]
     assert error["code"] == "policy_denied" and "app.py is frozen" in error["message"]
+
+
+def test_a_credential_in_the_patch_is_refused_without_showing_it(setup: Setup,
+                                                                  webhook: Webhook) -> None:
+    key = "AKIA" + "QWERTYUIOPASDFGH"
+    request = setup.request("sec-1", {"app.py": f"AWS_KEY = '{key}'\n"})
+    setup.drop("s.json", request)
+    assert setup.cli("run", "--once").returncode == 0
+    record = setup.record("sec-1")
+    assert record["state"] == "rejected"
+    error = record["error"]
+    assert error["code"] == "secret_detected" and error["path"] == "app.py"
+    assert "line 1" in error["message"] and "fingerprint" in error["message"]
+    fingerprint = error["detail"]["findings"][0]["fingerprint"]
+    everything = json.dumps(record) + json.dumps(webhook.wait_for(1)) + \
+        (setup.state / "audit.jsonl").read_text()
+    assert key not in everything
+    # The policy may allow that exact value (say, a documented test key) by its fingerprint.
+    _with_policy(setup, f"version: 1\nsecrets:\n  fingerprints: [{fingerprint}]\n")
+    again = dict(request, id="sec-2")
+    setup.drop("s2.json", again)
+    assert setup.cli("run", "--once").returncode == 0
+    assert setup.record("sec-2")["state"] == "landed"

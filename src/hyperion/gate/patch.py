@@ -68,6 +68,10 @@ class FilePatch:
     removed_lines: int
     added_text: tuple[str, ...]
     """The added lines without their leading ``+`` and line feed (a ``\\r`` stays), in order."""
+    added_lines_at: tuple[int, ...] = field(default=(), compare=False)
+    """The new-file line number (1-based, from the hunk headers) of each entry of
+    ``added_text``, same length. Empty when the section was built by hand without them (it
+    does not take part in ``==``, so such sections compare as before)."""
 
 
 MAX_BINARY_BYTES = 256 * 1024 * 1024
@@ -355,6 +359,7 @@ class _Hunks:
     added: int = 0
     removed: int = 0
     added_text: list[bytes] = field(default_factory=list)
+    added_at: list[int] = field(default_factory=list)
 
 
 def _binary_line(line: bytes, out: bytearray) -> bool:
@@ -401,8 +406,9 @@ def _inflates_to(data: bytes, size: int) -> bool:
     return produced == size
 
 
-def _parse_hunk_header(line: bytes) -> tuple[int, int] | None:
-    """The old and new line counts of a hunk header (git's parse_fragment_header), or None."""
+def _parse_hunk_header(line: bytes) -> tuple[int, int, int] | None:
+    """The old and new line counts of a hunk header (git's parse_fragment_header) and the new
+    side's first line number, or None."""
     if not line.endswith(b"\n"):
         return None
     match = _HUNK_HEADER.match(line)
@@ -414,7 +420,7 @@ def _parse_hunk_header(line: bytes) -> tuple[int, int] | None:
             return 1
         return _ULONG_MAX if len(digits) > 20 else min(int(digits), _ULONG_MAX)
 
-    return number(match.group(2)), number(match.group(4))
+    return number(match.group(2)), number(match.group(4)), number(match.group(3))
 
 
 class _Parser:
@@ -704,7 +710,7 @@ class _Parser:
             raise _bad(f"line {k + 1}: the hunk header is not '@@ -a,b +c,d @@'; regenerate "
                        "the patch", path=path)
         header = k + 1
-        old, new = counts
+        old, new, at = counts
         hunks.count += 1
         hunks.old_total += old
         hunks.new_total += new
@@ -719,6 +725,7 @@ class _Parser:
             if first in (0x20, 0x0A):  # " " or an empty line (a context line)
                 old -= 1
                 new -= 1
+                at += 1
             elif first == 0x2D:  # "-"
                 old -= 1
                 removed += 1
@@ -726,6 +733,8 @@ class _Parser:
                 new -= 1
                 added += 1
                 hunks.added_text.append(line[1:-1])
+                hunks.added_at.append(at)
+                at += 1
             elif first == 0x5C:  # "\"
                 if len(line) < 12 or not line.startswith(b"\\ "):
                     raise _bad(f"line {k + 1}: a malformed '\\ No newline at end of file' "
@@ -804,7 +813,8 @@ class _Parser:
         text = tuple(line.decode("utf-8", "replace") for line in hunks.added_text)
         return FilePatch(path=path, old_path=old_path, operation=operation, old_mode=old_mode,
                          new_mode=new_mode, binary=binary, added_lines=hunks.added,
-                         removed_lines=hunks.removed, added_text=text)
+                         removed_lines=hunks.removed, added_text=text,
+                         added_lines_at=tuple(hunks.added_at))
 
     def add(self, file: FilePatch) -> None:
         names = [file.path]

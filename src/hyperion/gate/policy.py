@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hyperion.errors import Code, GateError
 from hyperion.gate.patch import FilePatch
 from hyperion.gate.paths import in_scope
+from hyperion.gate.secrets import Allowlist
 
 
 class Action(StrEnum):
@@ -64,6 +65,8 @@ class Policy(_Strict):
     limits: Limits = Field(default_factory=Limits)
     checks: list[str] | None = Field(None, description="Allowed check names; omit for all.")
     rules: list[Rule] = Field(default_factory=list)
+    secrets: Allowlist = Field(default_factory=Allowlist, description=(
+        "Findings of the secret scanner to let through: by fingerprint, path glob or regex."))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from hyperion.gate.policy import (
     check_limits,
     decide,
 )
+from hyperion.gate.secrets import scan_patch
 from hyperion.requests import ChangeRequest, Request, TaskRequest
 
 
@@ -54,6 +55,16 @@ def judge(request: Request, config: Config, policy: Policy) -> Verdict:
     files = _judge_change(request)
     assert request.patch is not None
     check_limits(policy, len(request.patch.encode()), files)
+    findings = scan_patch(files, title=request.title, body=request.body, allow=policy.secrets)
+    if findings:
+        first = findings[0]
+        more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
+        raise GateError(Code.SECRET_DETECTED, f"a credential would land: {first.describe()}"
+                        f"{more}; remove it and rotate it, or allowlist its fingerprint in the "
+                        "policy if it is not secret", path=first.path,
+                        detail={"findings": [{"rule": f.rule_id, "path": f.path,
+                                              "line": f.line, "fingerprint": f.fingerprint}
+                                             for f in findings[:20]]})
     decision = decide(policy, request.agent, files)
     if decision.action is Action.DENY:
         raise GateError(Code.POLICY_DENIED, f"the policy denies this change ({decision.reason})",
