@@ -1,5 +1,6 @@
 """The spool's contract on real files: states, order, dedupe, leases, sweeping, corruption,
-threads, and a stateful comparison with a simple model."""
+prune/requeue/cancel, the shared view and group commit, threads, and a stateful comparison with
+a simple model."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import textwrap
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+import hyperion.spool as spool_module
 from hyperion.spool import Lease, LeaseLost, Spool
 
 
@@ -280,15 +285,34 @@ def test_interrupted_put_key_without_item(spool: Spool) -> None:
     assert spool.state_of("a") == "queued"
 
 
-def test_item_without_lease_record_is_swept_after_grace(tmp_path: Path) -> None:
+def test_earlier_layout_item_without_lease_record_is_swept_after_grace(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s")
     spool.put("a", b"")
     [name] = files(spool.queued)
-    os.rename(spool.queued / name, spool.running / name)  # leaser died after its rename
+    # The earlier layout: running/<queue name>, its leaser died before writing <name>.lease.
+    os.rename(spool.queued / name, spool.running / name)
+    assert spool.counts()["running"] == 1 and spool.state_of("a") == "running"
     assert spool.sweep() == 0                        # within the grace: maybe being leased
     assert Spool(tmp_path / "s", orphan_grace_s=0).sweep() == 1
     lease = spool.lease("w")
     assert lease is not None and lease.attempts == 1
+
+
+def test_earlier_layout_lease_of_a_dead_process_is_swept(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    spool.put("a", b"payload")
+    [name] = files(spool.queued)
+    os.rename(spool.queued / name, spool.running / name)
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    record = {"owner": "old", "host": spool_module._HOST, "pid": int(proc.stdout),
+              "pid_start": None, "boot_id": spool_module._BOOT_ID, "acquired": 1.0,
+              "expires": time.time() + 600, "ttl_s": 600.0, "token": "abc"}
+    (spool.running / (name + ".lease")).write_text(json.dumps(record))
+    assert spool.sweep() == 1
+    assert files(spool.running) == []                # the record went with it
+    lease = spool.lease("w")
+    assert lease is not None and (lease.attempts, lease.payload) == (1, b"payload")
 
 
 def test_orphan_lease_record_is_removed(spool: Spool) -> None:
@@ -349,17 +373,422 @@ def test_concurrent_puts_of_one_id(tmp_path: Path) -> None:
     assert Spool(root).counts()["queued"] == 1
 
 
+# ---------------------------------------------------------------------- the layout
+def test_a_lease_is_recorded_in_the_running_name(spool: Spool) -> None:
+    spool.put("a", b"x")
+    lease = spool.lease("w", ttl_s=30)
+    assert lease is not None
+    [name] = files(spool.running)                    # one file: no separate lease record
+    assert name.startswith("a~") and name.endswith(".item")
+    fields = name[:-len(".item")].split("~")
+    assert int(fields[1]) / 1000 == pytest.approx(lease.expires_at, abs=0.002)
+    assert int(fields[3]) == os.getpid()
+    # The key is the item as first put: the queued file was a hard link to it.
+    assert os.stat(spool.running / name).st_ino == os.stat(spool.keys / "a").st_ino
+
+
+def test_heartbeat_sets_the_expiry_as_mtime(spool: Spool) -> None:
+    spool.put("a", b"")
+    lease = spool.lease("w", ttl_s=0)
+    assert lease is not None
+    beat = spool.heartbeat(lease, 100)
+    [name] = files(spool.running)
+    assert name == lease._name                       # no rename: the name stays
+    assert os.stat(spool.running / name).st_mtime == pytest.approx(beat.expires_at, abs=0.01)
+    time.sleep(0.01)
+    assert spool.sweep() == 0                        # the mtime extends the name's expiry
+    # A heartbeat never makes a lease end before the expiry it was taken with.
+    assert spool.put("b", b"")
+    long = spool.lease("w", ttl_s=100)
+    assert long is not None and long.id == "b"
+    short = spool.heartbeat(long, 0)
+    assert short.expires_at >= long.expires_at - 0.002
+    assert spool.sweep() == 0
+
+
+def test_lease_of_a_swept_and_released_item_is_lost(spool: Spool) -> None:
+    spool.put("a", b"")
+    first = spool.lease("w", ttl_s=0)
+    assert first is not None
+    time.sleep(0.01)
+    assert spool.sweep() == 1
+    second = spool.lease("w", ttl_s=60)              # the same process leases it again
+    assert second is not None and second._name != first._name
+    with pytest.raises(LeaseLost):
+        spool.ack(first)                             # the old lease cannot close the new one
+    spool.ack(second)
+    assert spool.state_of("a") == "done"
+
+
+def test_put_after_retry_is_refused(spool: Spool) -> None:
+    # After a rewrite the key no longer shares the item's inode: put must still find it.
+    spool.put("a", b"x")
+    lease = spool.lease("w")
+    assert lease is not None
+    spool.retry(lease, 0, "again")
+    assert os.stat(spool.keys / "a").st_nlink == 1
+    assert not spool.put("a", b"y")
+    assert spool.counts()["queued"] == 1
+
+
+def test_interrupted_put_with_a_written_key(spool: Spool) -> None:
+    # A put killed after writing and syncing its key but before linking it into queued/.
+    (spool.keys / "a").write_bytes(b'{"v":1}\nhalf')
+    assert spool.put("a", b"payload")
+    lease = spool.lease("w")
+    assert lease is not None and lease.payload == b"payload"
+    assert not spool.put("a", b"again")
+
+
+# ---------------------------------------------------------------------- prune
+def finish(spool: Spool, item_id: str, *, dead: bool = False) -> None:
+    assert spool.put(item_id, item_id.encode())
+    lease = spool.lease("w")
+    assert lease is not None and lease.id == item_id
+    if dead:
+        spool.bury(lease, "broken")
+    else:
+        spool.ack(lease)
+
+
+def test_prune_removes_old_finished_items_and_keeps_their_ids(spool: Spool) -> None:
+    finish(spool, "done-1")
+    finish(spool, "dead-1", dead=True)
+    spool.put("queued-1", b"")
+    spool.put("running-1", b"", priority=5)
+    held = spool.lease("w")
+    assert held is not None and held.id == "running-1"
+    assert spool.prune(3600) == 0                    # nothing is an hour old
+    assert spool.counts() == {"queued": 1, "running": 1, "done": 1, "dead": 1}
+    assert spool.prune(0) == 2
+    assert spool.counts() == {"queued": 1, "running": 1, "done": 0, "dead": 0}
+    assert files(spool.done) == [] and files(spool.dead) == []
+    for item_id in ("done-1", "dead-1"):
+        assert spool.state_of(item_id) is None
+        assert os.readlink(spool.keys / item_id) == "pruned"   # a tombstone, no data
+        assert not spool.put(item_id, b"again")      # ids are never reused
+        assert not spool.requeue(item_id, reason="r")
+    assert spool.state_of("queued-1") == "queued" and spool.state_of("running-1") == "running"
+    spool.ack(held)
+    assert spool.prune(0) == 1
+    assert spool.prune(0) == 0
+
+
+def test_prune_never_touches_corrupt(spool: Spool) -> None:
+    spool.put("bad", b"x")
+    [name] = files(spool.queued)
+    (spool.queued / name).write_bytes(b"garbage")
+    assert spool.lease("w") is None
+    before = files(spool.corrupt)
+    assert spool.prune(0) == 0
+    assert files(spool.corrupt) == before and before
+
+
+def test_prune_by_age(spool: Spool) -> None:
+    finish(spool, "old")
+    time.sleep(1.1)
+    finish(spool, "new")
+    assert spool.prune(1.0) == 1
+    assert (spool.state_of("old"), spool.state_of("new")) == (None, "done")
+
+
+def test_prune_completes_a_half_done_prune(spool: Spool) -> None:
+    finish(spool, "a")
+    # A prune killed after its tombstone and before removing the item.
+    spool._tombstone("a")
+    assert spool.state_of("a") == "done" and not spool.put("a", b"")
+    assert spool.prune(0) == 1
+    assert spool.state_of("a") is None
+
+
+def test_prune_rejects_bad_ages(spool: Spool) -> None:
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            spool.prune(bad)
+
+
+# ---------------------------------------------------------------------- requeue and cancel
+def test_requeue_a_dead_item(spool: Spool) -> None:
+    spool.put("a", b"first", priority=3)
+    spool.put("b", b"other", priority=3)
+    lease = spool.lease("w")
+    assert lease is not None and lease.id == "a"
+    spool.retry(lease, 0, "flaky")
+    again = spool.lease("w")
+    assert again is not None and again.id == "b"
+    spool.ack(again)
+    lease = spool.lease("w")
+    assert lease is not None and (lease.id, lease.attempts) == ("a", 1)
+    spool.bury(lease, "check_failed: exit 1")
+    assert spool.requeue("a", reason="the check was fixed")
+    assert spool.state_of("a") == "queued"
+    [name] = files(spool.queued)
+    header = header_of(spool.queued / name)
+    assert header["attempts"] == 0 and header["not_before"] is None
+    assert header["last_error"] == ("requeued: the check was fixed (it had failed: "
+                                    "check_failed: exit 1)")
+    lease = spool.lease("w")
+    assert lease is not None and (lease.id, lease.attempts, lease.payload) == ("a", 0, b"first")
+    spool.bury(lease, "again")
+    assert spool.requeue("a", b"second", reason="new payload")
+    lease = spool.lease("w")
+    assert lease is not None and lease.payload == b"second"
+    spool.ack(lease)
+    assert not spool.put("a", b"x")
+
+
+def test_requeue_goes_to_the_back_of_its_priority(spool: Spool) -> None:
+    finish(spool, "a", dead=True)
+    spool.put("b", b"")
+    assert spool.requeue("a", reason="r")
+    spool.put("c", b"")
+    order = []
+    while (lease := spool.lease("w")) is not None:
+        order.append(lease.id)
+        spool.ack(lease)
+    assert order == ["b", "a", "c"]
+
+
+def test_requeue_only_dead_items(spool: Spool) -> None:
+    assert not spool.requeue("nothing", reason="r")
+    spool.put("q", b"")
+    assert not spool.requeue("q", reason="r")
+    spool.put("r", b"", priority=1)
+    held = spool.lease("w")
+    assert held is not None and held.id == "r"
+    assert not spool.requeue("r", reason="r")
+    spool.ack(held)
+    assert not spool.requeue("r", reason="r")        # done, not dead
+    with pytest.raises(ValueError):
+        spool.requeue("../x", reason="r")
+    with pytest.raises(TypeError):
+        spool.requeue("q", "text", reason="r")  # type: ignore[arg-type]
+    assert spool.counts() == {"queued": 1, "running": 0, "done": 1, "dead": 0}
+
+
+def test_cancel_a_queued_item(spool: Spool) -> None:
+    spool.put("ready", b"r")
+    spool.put("later", b"l", not_before=time.time() + 3600)
+    assert spool.cancel("later", "superseded by x")
+    assert spool.cancel("ready", "superseded by y")
+    assert spool.lease("w") is None
+    assert spool.counts() == {"queued": 0, "running": 0, "done": 0, "dead": 2}
+    path = spool.dead / "later.item"
+    assert header_of(path)["last_error"] == "cancelled: superseded by x"
+    assert path.read_bytes().endswith(b"\nl")
+    assert not spool.cancel("later", "twice")
+    assert not spool.put("later", b"")               # still known
+    assert spool.requeue("later", reason="not superseded after all")
+    lease = spool.lease("w")
+    assert lease is not None and lease.id == "later"
+
+
+def test_cancel_only_queued_items(spool: Spool) -> None:
+    assert not spool.cancel("nothing", "r")
+    spool.put("a", b"")
+    lease = spool.lease("w")
+    assert lease is not None
+    assert not spool.cancel("a", "running")
+    spool.ack(lease)
+    assert not spool.cancel("a", "done")
+    assert spool.state_of("a") == "done"
+
+
+def test_cancel_races_with_leases(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    spool = Spool(root)
+    ids = [f"i{n}" for n in range(60)]
+    for item_id in ids:
+        spool.put(item_id, b"")
+    leased: list[str] = []
+    cancelled: list[str] = []
+
+    def lease_all() -> None:
+        own = Spool(root)
+        while (lease := own.lease("w")) is not None:
+            leased.append(lease.id)
+            own.ack(lease)
+
+    def cancel_all() -> None:
+        own = Spool(root)
+        cancelled.extend(i for i in reversed(ids) if own.cancel(i, "race"))
+
+    threads = [threading.Thread(target=lease_all), threading.Thread(target=cancel_all)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(leased + cancelled) == sorted(ids)     # each exactly once
+    assert spool.counts() == {"queued": 0, "running": 0, "done": len(leased),
+                              "dead": len(cancelled)}
+
+
+# ---------------------------------------------------------------------- the view
+def test_lease_does_not_list_the_queue(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    for n in range(50):
+        spool.put(f"i{n}", b"")
+    assert spool.lease("w") is not None              # the first lease may list queued/
+    listed: list[str] = []
+    real = os.listdir
+
+    def counting(path: str | os.PathLike[str] = ".") -> list[str]:
+        listed.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", counting)
+    for n in range(30):
+        lease = spool.lease("w")
+        assert lease is not None
+        if n % 2:
+            spool.ack(lease)
+        else:
+            spool.retry(lease, 0, "again")
+        spool.put(f"more-{n}", b"")
+    assert listed == []
+
+
+def test_items_added_by_another_process_are_seen(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    spool = Spool(root)
+    spool.put("mine", b"", not_before=time.time() + 3600)
+    assert spool.lease("w") is None                  # the view is listed and has nothing ready
+    script = textwrap.dedent("""\
+        import sys
+        from pathlib import Path
+        from hyperion.spool import Spool
+        assert Spool(Path(sys.argv[1])).put("theirs", b"x")
+    """)
+    subprocess.run([sys.executable, "-c", script, str(root)], check=True)
+    lease = spool.lease("w")                         # nothing ready: the counter says look
+    assert lease is not None and lease.id == "theirs"
+
+
+def test_spools_of_one_process_share_the_view(tmp_path: Path) -> None:
+    a, b = Spool(tmp_path / "s"), Spool(tmp_path / "s")
+    assert a.lease("w") is None
+    b.put("x", b"")
+    lease = a.lease("w")
+    assert lease is not None and lease.id == "x"
+
+
+# ---------------------------------------------------------------------- group commit
+def test_group_commit_covers_every_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    (tmp_path / "d").mkdir()
+    sync = spool_module._DirSync(str(tmp_path / "d"))
+    fsyncs: list[tuple[float, float]] = []
+    real = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        start = time.monotonic()
+        time.sleep(0.02)
+        real(fd)
+        fsyncs.append((start, time.monotonic()))
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    calls: list[tuple[float, float]] = []
+    guard = threading.Lock()
+    barrier = threading.Barrier(12)
+
+    def caller() -> None:
+        barrier.wait()
+        for _ in range(3):
+            start = time.monotonic()
+            sync.sync()
+            with guard:
+                calls.append((start, time.monotonic()))
+
+    threads = [threading.Thread(target=caller) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 36
+    assert len(fsyncs) < 36 / 3                      # shared: far fewer fsyncs than calls
+    for start, end in calls:
+        # Some fsync began after the call began and ended before it returned.
+        assert any(start <= f_start and f_end <= end for f_start, f_end in fsyncs)
+
+
+def test_group_commit_passes_errors_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "d").mkdir()
+    sync = spool_module._DirSync(str(tmp_path / "d"))
+    failures = [OSError(5, "Input/output error")]
+    real = os.fsync
+
+    def flaky(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky)
+    with pytest.raises(OSError):
+        sync.sync()
+    sync.sync()                                      # the next caller syncs again
+
+
+def test_concurrent_producers_and_workers(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    Spool(root)
+    errors: list[BaseException] = []
+    acked: list[str] = []
+    guard = threading.Lock()
+    produced = threading.Event()
+
+    def produce(k: int) -> None:
+        own = Spool(root)
+        try:
+            for n in range(40):
+                assert own.put(f"p{k}-{n}", f"p{k}-{n}".encode(), priority=n % 3)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def work() -> None:
+        own = Spool(root)
+        try:
+            while True:
+                lease = own.lease("w")
+                if lease is None:
+                    if produced.is_set() and own.lease("w") is None:
+                        return
+                    time.sleep(0.001)
+                    continue
+                assert lease.payload == lease.id.encode()
+                own.ack(lease)
+                with guard:
+                    acked.append(lease.id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    producers = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    for t in producers + workers:
+        t.start()
+    for t in producers:
+        t.join()
+    produced.set()
+    for t in workers:
+        t.join()
+    assert errors == []
+    while (lease := Spool(root).lease("late")) is not None:   # a put seen after the check
+        acked.append(lease.id)
+        Spool(root).ack(lease)
+    assert sorted(acked) == sorted(f"p{k}-{n}" for k in range(4) for n in range(40))
+    assert Spool(root).counts() == {"queued": 0, "running": 0, "done": 160, "dead": 0}
+
+
 # ---------------------------------------------------------------------- stateful model
 IDS = [f"i{n}" for n in range(6)]
 
 
 @dataclass
 class Item:
-    state: str
+    state: str              # queued, running, done, dead, pruned
     priority: int
     attempts: int
     order: int
     ready: bool
+    payload: bytes
 
 
 @dataclass
@@ -395,9 +824,9 @@ class SpoolMachine(RuleBasedStateMachine):
         not_before = {"none": None, "past": time.time() - 5, "future": time.time() + 3600}[when]
         accepted = self.spool.put(item_id, item_id.encode() * 3, priority=priority,
                                   not_before=not_before)
-        assert accepted == (item_id not in self.items)
+        assert accepted == (item_id not in self.items)      # pruned ids stay known
         if accepted:
-            item = Item("queued", priority, 0, 0, True)
+            item = Item("queued", priority, 0, 0, True, item_id.encode() * 3)
             self._enqueue(item, when != "future")
             self.items[item_id] = item
 
@@ -412,7 +841,7 @@ class SpoolMachine(RuleBasedStateMachine):
         expected = min(ready)[2]
         assert lease is not None and lease.id == expected
         item = self.items[expected]
-        assert lease.attempts == item.attempts and lease.payload == expected.encode() * 3
+        assert lease.attempts == item.attempts and lease.payload == item.payload
         item.state = "running"
         self.open[expected] = Held(lease, expired=ttl == 0)
         return self.open[expected]
@@ -471,12 +900,43 @@ class SpoolMachine(RuleBasedStateMachine):
             with pytest.raises(LeaseLost):
                 self.spool.ack(lease)
 
+    @rule(everything=st.booleans())
+    def prune(self, everything: bool) -> None:
+        finished = [i for i, it in self.items.items() if it.state in ("done", "dead")]
+        assert self.spool.prune(0 if everything else 3600) == (len(finished) if everything
+                                                              else 0)
+        if everything:
+            for item_id in finished:
+                self.items[item_id].state = "pruned"
+
+    @rule(item_id=st.sampled_from(IDS), new_payload=st.booleans())
+    def requeue(self, item_id: str, new_payload: bool) -> None:
+        payload = item_id.encode() + b"-requeued" if new_payload else None
+        item = self.items.get(item_id)
+        done = self.spool.requeue(item_id, payload, reason="operator")
+        assert done == (item is not None and item.state == "dead")
+        if done and item is not None:
+            item.attempts = 0
+            if payload is not None:
+                item.payload = payload
+            self._enqueue(item, True)
+
+    @rule(item_id=st.sampled_from(IDS))
+    def cancel(self, item_id: str) -> None:
+        item = self.items.get(item_id)
+        done = self.spool.cancel(item_id, "superseded")
+        assert done == (item is not None and item.state == "queued")
+        if done and item is not None:
+            item.state = "dead"
+
     @invariant()
     def agrees(self) -> None:
         expected = dict.fromkeys(("queued", "running", "done", "dead"), 0)
         for item_id, item in self.items.items():
-            expected[item.state] += 1
-            assert self.spool.state_of(item_id) == item.state
+            if item.state != "pruned":
+                expected[item.state] += 1
+            assert self.spool.state_of(item_id) == (None if item.state == "pruned"
+                                                    else item.state)
         assert self.spool.counts() == expected
         for item_id in IDS:
             if item_id not in self.items:
