@@ -26,6 +26,16 @@ def wait_for(predicate: object, timeout: float = 20.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+def wait_running(setup: Setup) -> None:
+    """Until the daemon has registered (its signal handlers are installed by then)."""
+    wait_for(lambda: json.loads(setup.cli("status", "--format", "json").stdout)["daemons"])
+
+
+def reloads(setup: Setup) -> dict[str, int]:
+    daemons = json.loads(setup.cli("status", "--format", "json").stdout)["daemons"]
+    return daemons[0].get("reloads", {}) if daemons else {}
+
+
 def state_of(setup: Setup, id: str) -> str | None:
     out = setup.cli("inspect", id, "--format", "json")
     return json.loads(out.stdout)["state"] if out.returncode == 0 else None
@@ -119,17 +129,17 @@ def test_hup_swaps_in_a_new_policy_and_refuses_a_bad_one(setup: Setup) -> None:
     setup.config.write_text(setup.config.read_text() + f"policy: {policy}\n")
     proc = start_run(setup, "--log-format", "json")
     try:
-        time.sleep(1.0)
+        wait_running(setup)
         policy.write_text("version: 1\nrules:\n  - name: freeze\n    match: {paths: [app.py]}\n"
                           "    action: deny\n    reason: frozen\n")
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        wait_for(lambda: reloads(setup).get("ok") == 1)
         setup.drop("a.json", setup.request("hup-1", {"app.py": "VALUE = 1000\n"}))
         wait_for(lambda: state_of(setup, "hup-1") == "rejected")
         assert setup.record("hup-1")["error"]["code"] == "policy_denied"
         policy.write_text("version: 1\nrules: [{name: x, action: perhaps}]\n")
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        wait_for(lambda: reloads(setup).get("refused") == 1)
         setup.drop("b.json", setup.request("hup-2", {"app.py": "VALUE = 1001\n"}))
         wait_for(lambda: state_of(setup, "hup-2") == "rejected")   # the old policy still rules
         proc.send_signal(signal.SIGUSR1)
@@ -158,6 +168,7 @@ def test_drain_timeout_stops_checks_and_requeues(setup: Setup) -> None:
     proc = start_run(setup)
     try:
         wait_for(marker.exists)
+        wait_running(setup)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -94,7 +94,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     data = config.model_dump(mode="json")
     from hyperion.config import redact_url
 
-    data["notify"]["urls"] = [redact_url(u) for u in data["notify"]["urls"]]
+    data["notify"]["urls"] = [
+        redact_url(u) if isinstance(u, str) else {**u, "url": redact_url(u["url"])}
+        for u in data["notify"]["urls"]]
     if args.format == "json":
         print(json.dumps(data, indent=2))
     else:
@@ -219,6 +221,23 @@ def _configure_logging(args: argparse.Namespace, config: Config) -> None:
     from hyperion.logs import setup_logging
 
     setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    import getpass
+
+    from hyperion.app import App
+    from hyperion.intake.requeue import CannotRequeue, requeue
+
+    app = App.open(_config(args))
+    try:
+        record = requeue(app, args.id, by=args.by or getpass.getuser(), reason=args.reason)
+    except CannotRequeue as exc:
+        print(f"hyperion: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    _emit(args, record_summary(record), lambda: f"{record.id} {record.state.value}" + (
+        f": {record.error.code.value}: {record.error.message}" if record.error else ""))
+    return EXIT_PROBLEM if record.state.value in ("rejected", "failed") else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -424,6 +443,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if healthy else EXIT_PROBLEM
 
 
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    from hyperion.doctor import test_targets
+
+    config = _config(args)
+    results = test_targets(config, send=True)
+    data = [{"target": r.target, "ok": r.ok, "message": r.message} for r in results]
+    _emit(args, data, lambda: "\n".join(
+        f"{'ok  ' if r.ok else 'FAIL'}  {r.target}: {r.message}" for r in results)
+        or "no notification targets configured")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_PROBLEM
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from hyperion.top import run_top
+
+    return run_top(_config(args), state_filter=args.state)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from hyperion.records import RecordStore, State
 
@@ -594,6 +631,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="check git, repos, state dir, inotify, policy, notifications")
     p.add_argument("--notify", action="store_true", help="also send a test notification")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("notify", help="notification tools")
+    notify_sub = p.add_subparsers(dest="notify_command", required=True, metavar="ACTION")
+    q = notify_sub.add_parser("test", parents=[common, fmt],
+                              help="send a test message through every target; print each result")
+    q.set_defaults(func=cmd_notify_test)
+
+    p = sub.add_parser("top", parents=[common], help="a live view of the queue and events")
+    p.add_argument("--state", help="show only records in this state (f cycles while running)")
+    p.set_defaults(func=cmd_top)
+
+    p = sub.add_parser("requeue", parents=[common, fmt],
+                       help="send a failed or rejected record back through the gate")
+    p.add_argument("id")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--by", help="who requeues (default: the current user)")
+    p.set_defaults(func=cmd_requeue)
 
     p = sub.add_parser("list", parents=[common, fmt], help="records, newest first")
     p.add_argument("--state")

@@ -47,11 +47,38 @@ class CheckConfig(_Strict):
                                 description="Extra environment for this check only.")
 
 
+EVENTS = ("landed", "failed", "rejected", "held", "stuck", "rolled_back", "cancelled",
+          "notice", "system")
+Event = Literal["landed", "failed", "rejected", "held", "stuck", "rolled_back", "cancelled",
+                "notice", "system"]
+
+
+class NotifyTarget(_Strict):
+    url: str = Field(min_length=1, description="An apprise URL.")
+    tags: list[str] = Field(default_factory=list, description="Route events here by tag.")
+
+
+class Template(_Strict):
+    title: str | None = Field(None, description="string.Template with $id, $title, $state...")
+    body: str | None = None
+
+
 class NotifyConfig(_Strict):
-    urls: list[str] = Field(default_factory=list, description="apprise URLs; every event.")
+    urls: list[str | NotifyTarget] = Field(
+        default_factory=list, description="apprise URLs, plain (every event) or with tags.")
+    config: Path | None = Field(None, description="An apprise config file (YAML or TEXT).")
     plugin_paths: list[Path] = Field(
         default_factory=list,
         description="Folders or files with apprise custom notification plugins (@notify).")
+    events: dict[Event, list[str]] = Field(
+        default_factory=dict, description="Tags each event goes to; default: every target.")
+    templates: dict[Event, Template] = Field(default_factory=dict)
+    retry_min_s: float = Field(5, gt=0, description="First redelivery delay (jittered).")
+    retry_max_s: float = Field(600, gt=0, description="Longest redelivery delay.")
+    expire_h: float = Field(24, gt=0, description="Give up on a message after this long.")
+
+    def targets(self) -> list[NotifyTarget]:
+        return [NotifyTarget(url=u) if isinstance(u, str) else u for u in self.urls]
 
 
 class LimitsConfig(_Strict):
@@ -83,6 +110,8 @@ class Config(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     metrics: MetricsConfig | None = None
+    retention_days: float = Field(30, gt=0, description=(
+        "Finished spool and outbox items older than this are pruned (records are kept)."))
     drain_timeout_s: float = Field(600, ge=0, le=24 * 3600, description=(
         "On SIGTERM, how long in-flight requests may take to finish before their checks are "
         "stopped and they are requeued."))
@@ -105,8 +134,9 @@ class Config(_Strict):
             return p if p.is_absolute() else (base / p).resolve()
 
         repos = {n: r.model_copy(update={"path": fix(r.path)}) for n, r in self.repos.items()}
-        notify = self.notify.model_copy(
-            update={"plugin_paths": [fix(p) for p in self.notify.plugin_paths]})
+        notify = self.notify.model_copy(update={
+            "plugin_paths": [fix(p) for p in self.notify.plugin_paths],
+            "config": fix(self.notify.config) if self.notify.config else None})
         return self.model_copy(update={
             "state_dir": fix(self.state_dir), "inbox": fix(self.inbox), "repos": repos,
             "policy": fix(self.policy) if self.policy else None, "notify": notify,

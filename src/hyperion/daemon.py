@@ -27,6 +27,7 @@ from hyperion import __version__
 from hyperion.app import App
 from hyperion.config import ConfigError, load_config
 from hyperion.instances import Registration
+from hyperion.intake.dependencies import reconcile
 from hyperion.intake.inbox import Inbox, InboxWatcher
 from hyperion.metrics import METRICS, MetricsServer
 from hyperion.records import now_iso
@@ -40,6 +41,7 @@ log = logging.getLogger("hyperion.daemon")
 IDLE_POLL_S = 0.25
 LOOP_S = 5.0
 ABORT_GRACE_S = 30.0
+PRUNE_EVERY_S = 3600.0
 
 
 def _worker_name(index: int) -> str:
@@ -47,12 +49,26 @@ def _worker_name(index: int) -> str:
 
 
 def _recover(app: App) -> None:
-    """What a killed process left: leases back to the queue, its worktrees removed."""
-    swept = app.spool.sweep()
+    """What a killed process left: leases back to the queue, its worktrees removed, and
+    notifications of recent outcomes that it recorded but did not get to queue."""
+    swept = app.spool.sweep() + app.reporter.outbox.sweep()
     pruned = prune_worktrees(app)
-    if swept or pruned:
+    cutoff = time.time() - app.config.notify.expire_h * 3600
+    requeued = 0
+    records = app.records.all()
+    for record in records:
+        if _timestamp(record.updated_at) >= cutoff and app.reporter.outcome(record):
+            requeued += 1
+    reconcile(app, records)
+    if swept or pruned or requeued:
         log.warning("recovered after an unclean stop: %d lease(s) requeued, %d worktree(s) "
-                    "removed", swept, pruned)
+                    "removed, %d notification(s) queued", swept, pruned, requeued)
+
+
+def _timestamp(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def run_once(app: App, *, workers: int) -> None:
@@ -68,6 +84,7 @@ def run_once(app: App, *, workers: int) -> None:
             t.join()
         ready_at = app.spool.next_ready_at()
         if ready_at is None or ready_at > time.time():
+            app.reporter.deliver_ready(f"{_worker_name(0)}:notify")
             return
 
 
@@ -90,6 +107,7 @@ class Daemon:
         self._reload = False
         self._dump = False
         self._busy: dict[str, str | None] = {}
+        self.reloads = {"ok": 0, "refused": 0}
         self.started = time.time()
 
     # -- signals: flags only
@@ -131,7 +149,8 @@ class Daemon:
         inbox.scan()
         intake = threading.Thread(target=watcher.run, args=(self.stop,), name="intake",
                                   daemon=True)
-        threads = [intake]
+        notify = threading.Thread(target=self._deliver, name="notify", daemon=True)
+        threads = [intake, notify]
         for i in range(self.workers):
             worker = Worker(app, _worker_name(i))
             self._busy[worker.name] = None
@@ -147,6 +166,7 @@ class Daemon:
             self.on_ready()
         interval = min(LOOP_S, self.notifier.watchdog_interval_s or LOOP_S)
         next_sweep = time.monotonic() + LOOP_S
+        next_prune = time.monotonic()
         while not self.stop.is_set():
             self.notifier.watchdog()
             if self._reload:
@@ -156,10 +176,15 @@ class Daemon:
                 self._dump = False
                 log.info("status: %s", self.status())
             if time.monotonic() >= next_sweep:
-                swept = app.spool.sweep()
+                swept = app.spool.sweep() + app.reporter.outbox.sweep()
                 if swept:
                     METRICS.inc("hyperion_lease_sweeps_total", swept)
                     log.warning("swept %d stale lease(s) back to the queue", swept)
+                if time.monotonic() >= next_prune:
+                    keep_s = app.config.retention_days * 86400
+                    app.spool.prune(keep_s)
+                    app.reporter.outbox.prune(keep_s)
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
                 next_sweep = time.monotonic() + LOOP_S
             registration.update(self.status())
             self.notifier.status(self._status_line())
@@ -218,6 +243,16 @@ class Daemon:
             if not busy:
                 self.stop.wait(IDLE_POLL_S)
 
+    def _deliver(self) -> None:
+        """The outbox's delivery thread: landing never waits for a notification."""
+        owner = f"{socket.gethostname()}:{os.getpid()}:notify"
+        while not self.stop.is_set():
+            try:
+                self.app.reporter.deliver_ready(owner, stop=self.stop)
+            except Exception:
+                log.exception("notify: the delivery loop failed; retrying")
+            self.stop.wait(0.5)
+
     # -- reload and status
     def reload(self) -> bool:
         self.notifier.reloading()
@@ -231,6 +266,7 @@ class Daemon:
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         except ConfigError as exc:
+            self.reloads["refused"] += 1
             log.error("reload refused; keeping the running configuration: %s", exc)
             self.app.reporter.system("hyperion: reload refused",
                                      f"The new configuration was refused and the running one "
@@ -245,6 +281,7 @@ class Daemon:
         self.app.config = config
         self.app.policy = policy
         self.app.reporter = Reporter(config)
+        self.reloads["ok"] += 1
         log.info("reloaded configuration and policy from %s", config.source)
         self.notifier.ready(self._status_line())
         return True
@@ -254,6 +291,7 @@ class Daemon:
         return {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1),
                 "queue": self.app.spool.counts(),
                 "workers_busy": sum(1 for v in busy.values() if v), "working_on": busy,
+                "reloads": dict(self.reloads),
                 "updated_at": now_iso()}
 
     def _status_line(self) -> str:

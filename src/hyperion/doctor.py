@@ -149,26 +149,37 @@ def _check(name: str, program: str) -> Finding:
 
 
 def _notify(config: Config, send_test: bool) -> list[Finding]:
-    if not config.notify.urls:
+    if not config.notify.urls and config.notify.config is None:
         return [Finding("notify", True, "no notification targets configured")]
-    import apprise
+    return [Finding(f"notify {r.target}", r.ok, r.message)
+            for r in test_targets(config, send=send_test)]
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    target: str      # the URL, credentials redacted
+    ok: bool
+    message: str
+
+
+def test_targets(config: Config, *, send: bool) -> list[TargetResult]:
+    """Check (and with ``send``, notify through) each configured target separately."""
+    from hyperion.report import build_client
 
     out = []
-    asset = apprise.AppriseAsset(plugin_paths=[str(p) for p in config.notify.plugin_paths])
-    for url in config.notify.urls:
-        client = apprise.Apprise(asset=asset)
-        shown = redact_url(url)
-        if not client.add(url):
-            out.append(Finding(f"notify {shown}", False, "apprise cannot use this URL (unknown "
-                               "scheme or malformed): fix notify.urls"))
+    for i, target in enumerate(config.notify.targets()):
+        shown = redact_url(target.url)
+        client = build_client(config.notify, only=i)
+        if len(client) == 0:
+            out.append(TargetResult(shown, False, "apprise cannot use this URL (unknown "
+                                    "scheme or malformed): fix notify.urls"))
             continue
-        if send_test:
-            ok = bool(client.notify(title="hyperion doctor", body="A test notification from "
-                                    "`hyperion doctor --notify`.", notify_type="info"))
-            if not ok:
-                out.append(Finding(f"notify {shown}", False, "the test notification was not "
-                                   "delivered: check the target is up and reachable"))
-                continue
-        out.append(Finding(f"notify {shown}", True, "delivered a test message" if send_test
-                           else "parses (use --notify to send a test)"))
+        if not send:
+            out.append(TargetResult(shown, True, "parses (send a test with --notify or "
+                                    "`hyperion notify test`)"))
+            continue
+        ok = bool(client.notify(title="hyperion: test notification", body="A test message "
+                                "from hyperion; no action needed.", notify_type="info"))
+        out.append(TargetResult(shown, ok, "delivered" if ok else "NOT delivered: check that "
+                                "the target is up and reachable, and its credentials"))
     return out

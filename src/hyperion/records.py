@@ -85,6 +85,8 @@ class Record(BaseModel):
     landed_commit: str | None = None
     checks: list[CheckResult] = Field(default_factory=list)
     policy_rules: list[str] = Field(default_factory=list)
+    depends_on: list[str] = Field(default_factory=list)
+    waiting_for: list[str] = Field(default_factory=list)   # dependencies not landed yet
     source: Source
     original_sha256: str
     created_at: str

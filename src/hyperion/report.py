@@ -1,18 +1,33 @@
-"""Outcomes out: one apprise notification per terminal state.
+"""Outcomes out: notifications, written to a durable outbox and delivered through apprise.
 
-apprise is imported only when the first notification is sent (it costs ~0.5 s to load its
-plugins). A failed delivery is logged and never fails the request.
+Every notification is first a message in state_dir/outbox/, which is a :class:`Spool` like the
+request queue (one storage contract): its key makes it one message per record state, and
+delivery uses lease, ack, retry (jittered backoff) and bury (expired). A slow or dead endpoint
+therefore never delays landing, and a message survives restarts until delivered or expired.
+Every title and body passes the secret scanner's redaction before it is stored.
+
+apprise is imported only when a message is delivered (it costs ~0.5 s to load its plugins).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import random
+import secrets
+import string
 import threading
+import time
 from typing import Any
 
-from hyperion.config import Config
+from pydantic import BaseModel
+
+from hyperion.config import Config, NotifyConfig, redact_url
+from hyperion.gate.secrets import redact
 from hyperion.metrics import METRICS
 from hyperion.records import Record, State
+from hyperion.spool import Lease, LeaseLost, Spool
 
 log = logging.getLogger("hyperion.report")
 
@@ -24,87 +39,206 @@ NOTIFY_TYPES = {
     State.ROLLED_BACK: "info",
     State.CANCELLED: "info",
 }
+# Plain URLs carry this tag so that routed events (tag=[...]) still reach them.
+EVERY_EVENT_TAG = "hyperion-every-event"
+TAIL_LINES = 20
+
+
+class Message(BaseModel):
+    key: str
+    event: str
+    title: str
+    body: str
+    notify_type: str
+    tags: list[str]
+    request_id: str | None
+    created_at: float
+
+
+def fields(record: Record) -> dict[str, str]:
+    """What a template may use: $id, $title, $state, ... (all strings)."""
+    error = record.error
+    tail = ""
+    failed_check = next((c for c in reversed(record.checks) if not c.ok), None)
+    if failed_check is not None and failed_check.tail:
+        tail = "\n".join(failed_check.tail.rstrip().splitlines()[-TAIL_LINES:])
+    return {
+        "id": record.id, "kind": record.kind, "title": record.title, "state": record.state.value,
+        "repo": record.repo or "-", "target": record.target or "-", "agent": record.agent or "-",
+        "attempts": str(record.attempts),
+        "error_code": error.code.value if error else "", "error_message":
+        error.message if error else "", "error_path": (error.path or "") if error else "",
+        "landed_commit": record.landed_commit or "", "check_tail": tail,
+        "policy_rules": ", ".join(record.policy_rules),
+        "inspect": f"hyperion inspect {record.id}",
+    }
 
 
 def render(record: Record) -> tuple[str, str]:
-    """Title and body of the notification for a record's current state."""
+    """The default title and body for a record's current state."""
+    f = fields(record)
     title = f"hyperion: {record.id} {record.state.value}"
     lines = [
-        f"Request: {record.id} ({record.kind})",
-        f"Title: {record.title}" if record.title else "",
-        f"Repo: {record.repo or '-'} -> {record.target or '-'}",
-        f"From: {record.agent}" if record.agent else "",
-        f"State: {record.state.value}",
+        f"Request: {f['id']} ({f['kind']})",
+        f"Title: {f['title']}" if record.title else "",
+        f"Repo: {f['repo']} -> {f['target']}",
+        f"From: {f['agent']}" if record.agent else "",
+        f"State: {f['state']}",
     ]
     if record.landed_commit:
         lines.append(f"Landed: {record.landed_commit}")
     if record.error is not None:
-        lines.append(f"Error: {record.error.code.value}: {record.error.message}")
+        lines.append(f"Error: {f['error_code']}: {f['error_message']}")
         if record.error.path:
             lines.append(f"Where: {record.error.path}")
+    if f["check_tail"]:
+        lines.append(f"Check output (last lines):\n{f['check_tail']}")
     if record.state is State.HELD:
         if record.policy_rules:
-            lines.append(f"Policy rules: {', '.join(record.policy_rules)}")
+            lines.append(f"Policy rules: {f['policy_rules']}")
         lines.append(f"Decide: hyperion approve {record.id} --by NAME, or "
                      f"hyperion deny {record.id} --reason TEXT")
-    lines.append(f"More: hyperion inspect {record.id}")
+    lines.append(f"More: {f['inspect']}")
     return title, "\n".join(line for line in lines if line)
+
+
+def _key(record_id: str, *parts: str) -> str:
+    # Spool ids are at most 128 characters: long record ids are shortened with a hash.
+    rid = record_id if len(record_id) <= 80 else \
+        f"{record_id[:60]}-{hashlib.sha256(record_id.encode()).hexdigest()[:12]}"
+    return ".".join((rid, *parts))
 
 
 class Reporter:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._apprise: Any = None
+        self.notify: NotifyConfig = config.notify
+        self.outbox = Spool(config.state_dir / "outbox")
+        self._client: Any = None
         self._lock = threading.Lock()
 
-    def _client(self) -> Any:
-        if self._apprise is None:
-            import apprise
-
-            asset = apprise.AppriseAsset(
-                plugin_paths=[str(p) for p in self.config.notify.plugin_paths])
-            client = apprise.Apprise(asset=asset)
-            for url in self.config.notify.urls:
-                if not client.add(url):
-                    log.error("notify: cannot use the configured URL #%d (unknown scheme or "
-                              "malformed); fix notify.urls", self.config.notify.urls.index(url))
-            self._apprise = client
-        return self._apprise
-
-    def system(self, title: str, body: str, notify_type: str) -> bool:
-        """A notification about hyperion itself (not about one request)."""
-        return self._deliver("-", title, body, notify_type)
+    # ---------------------------------------------------------------- writing messages
+    def outcome(self, record: Record) -> bool:
+        """Queue the one notification for a record's current (terminal or held) state.
+        False when there is nothing to send or it was queued before."""
+        if record.state not in NOTIFY_TYPES:
+            return False
+        event = record.state.value
+        title, body = self._render(event, record)
+        key = _key(record.id, str(len(record.history)), event)
+        return self._queue(key, event, title, body, NOTIFY_TYPES[record.state], record.id)
 
     def notice(self, record: Record, text: str) -> bool:
         """An informational notification about a record that is not (yet) an outcome."""
         _, body = render(record)
-        return self._send(record, f"hyperion: {record.id} {text[:120]}", f"{text}\n\n{body}",
-                          "info")
+        return self._queue(_key(record.id, str(len(record.history)), "notice"), "notice",
+                           f"hyperion: {record.id}: {text[:120]}", f"{text}\n\n{body}", "info",
+                           record.id)
 
-    def outcome(self, record: Record) -> bool:
-        """Notify about a record's (terminal or held) state. True when delivered (or no targets)."""
-        if record.state not in NOTIFY_TYPES:
-            return True
+    def system(self, title: str, body: str, notify_type: str) -> bool:
+        """A notification about hyperion itself (not about one request)."""
+        key = f"system.{time.time_ns()}.{secrets.token_hex(4)}"
+        return self._queue(key, "system", title, body, notify_type, None)
+
+    def _render(self, event: str, record: Record) -> tuple[str, str]:
         title, body = render(record)
-        return self._send(record, title, body, NOTIFY_TYPES[record.state])
+        template = self.notify.templates.get(event)  # type: ignore[call-overload]
+        if template is not None:
+            values = fields(record)
+            if template.title:
+                title = string.Template(template.title).safe_substitute(values)
+            if template.body:
+                body = string.Template(template.body).safe_substitute(values)
+        return title, body
 
-    def _send(self, record: Record, title: str, body: str, notify_type: str) -> bool:
-        return self._deliver(record.id, title, body, notify_type)
+    def _queue(self, key: str, event: str, title: str, body: str, notify_type: str,
+               request_id: str | None) -> bool:
+        if not self.notify.urls and self.notify.config is None:
+            return False
+        tags = list(self.notify.events.get(event, []))  # type: ignore[call-overload]
+        message = Message(key=key, event=event, title=redact(title), body=redact(body),
+                          notify_type=notify_type, tags=tags, request_id=request_id,
+                          created_at=time.time())
+        return self.outbox.put(key, message.model_dump_json().encode())
 
-    def _deliver(self, request_id: str, title: str, body: str, notify_type: str) -> bool:
-        if not self.config.notify.urls:
-            return True
+    # ---------------------------------------------------------------- delivering
+    def deliver_ready(self, owner: str, *, stop: threading.Event | None = None) -> int:
+        """Deliver every message that is due now; returns how many were delivered."""
+        delivered = 0
+        while stop is None or not stop.is_set():
+            lease = self.outbox.lease(owner, ttl_s=120)
+            if lease is None:
+                return delivered
+            delivered += self._deliver(lease)
+        return delivered
+
+    def _deliver(self, lease: Lease) -> int:
+        try:
+            message = Message.model_validate_json(lease.payload)
+        except ValueError:
+            self.outbox.bury(lease, "unreadable message")
+            return 0
+        ok = self.send(message)
+        try:
+            if ok:
+                self.outbox.ack(lease)
+                return 1
+            METRICS.inc("hyperion_notification_failures_total")
+            age = time.time() - message.created_at
+            if age > self.notify.expire_h * 3600:
+                log.error("notify: giving up on %s after %.0f h", message.key, age / 3600,
+                          extra={"request_id": message.request_id or "-"})
+                self.outbox.bury(lease, "expired")
+                return 0
+            delay = min(self.notify.retry_max_s, self.notify.retry_min_s * 2 ** lease.attempts)
+            self.outbox.retry(lease, delay * random.uniform(0.5, 1.0), "delivery failed")
+        except LeaseLost:
+            log.warning("notify: lost the lease of %s", message.key)
+        return 0
+
+    def send(self, message: Message) -> bool:
+        """One delivery attempt through apprise; True when every matching target took it."""
         with self._lock:
             try:
-                client = self._client()
-                ok = bool(client.notify(title=title, body=body, notify_type=notify_type))
+                client = self._apprise()
+                from apprise.common import MATCH_ALL_TAG
+
+                # An explicit tag=None would mean "untagged targets only" to apprise.
+                tags = [*message.tags, EVERY_EVENT_TAG] if message.tags else MATCH_ALL_TAG
+                result = client.notify(title=message.title, body=message.body,
+                                       notify_type=message.notify_type, tag=tags)
+                ok = bool(result)
             except Exception as exc:  # a notifier must never take the pipeline down
-                METRICS.inc("hyperion_notification_failures_total")
-                log.error("notify: delivery for %s raised %s", request_id,
-                          type(exc).__name__, extra={"request_id": request_id})
+                log.error("notify: delivery of %s raised %s", message.key, type(exc).__name__,
+                          extra={"request_id": message.request_id or "-"})
                 return False
         if not ok:
-            METRICS.inc("hyperion_notification_failures_total")
-            log.error("notify: delivery for %s failed on at least one target", request_id,
-                      extra={"request_id": request_id})
+            log.warning("notify: delivery of %s failed; it will be retried", message.key,
+                        extra={"request_id": message.request_id or "-"})
         return ok
+
+    def _apprise(self) -> Any:
+        if self._client is None:
+            self._client = build_client(self.notify)
+        return self._client
+
+
+def build_client(notify: NotifyConfig, *, only: int | None = None) -> Any:
+    """An apprise client for the configured targets (or just target number ``only``)."""
+    import apprise
+
+    asset = apprise.AppriseAsset(plugin_paths=[str(p) for p in notify.plugin_paths])
+    client = apprise.Apprise(asset=asset)
+    for i, target in enumerate(notify.targets()):
+        if only is not None and i != only:
+            continue
+        tags = target.tags or [EVERY_EVENT_TAG]
+        if not client.add(target.url, tag=tags):
+            log.error("notify: cannot use target #%d %s (unknown scheme or malformed); fix "
+                      "notify.urls", i, redact_url(target.url))
+    if notify.config is not None and only is None:
+        config = apprise.AppriseConfig(asset=asset)
+        if not config.add(os.fspath(notify.config)):
+            log.error("notify: cannot read the apprise config %s", notify.config)
+        client.add(config)
+    return client

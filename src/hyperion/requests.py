@@ -12,7 +12,7 @@ import re
 from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from hyperion.errors import Code, GateError
 
@@ -56,8 +56,14 @@ class ChangeRequest(_Model):
     checks: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]] = Field(
         default_factory=list, max_length=64)
     priority: int = Field(0, ge=-1000, le=1000)
-    depends_on: list[RequestId] = Field(default_factory=list, max_length=64)
+    depends_on: list[RequestId] = Field(default_factory=list, max_length=64, description=(
+        "Requests that must land first; if one fails or is rejected, this one fails "
+        "dependency_failed."))
     task_id: RequestId | None = None
+    supersedes: RequestId | None = Field(None, description=(
+        "An older request this one replaces: cancelled if it is still queued or held."))
+    not_before: AwareDatetime | None = Field(None, description=(
+        "Do not start before this time (ISO 8601 with a time zone)."))
 
 
 class TaskRequest(_Model):

@@ -28,6 +28,7 @@ from pathlib import Path
 from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo
 from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
+from hyperion.intake.dependencies import settle_dependents
 from hyperion.metrics import METRICS
 from hyperion.records import CheckResult, Record, State
 from hyperion.requests import ChangeRequest
@@ -365,6 +366,7 @@ class Worker:
                         extra={"request_id": record.id})
         log.info("%s %s", record.id, state.value, extra={"request_id": record.id})
         self.app.reporter.outcome(final)
+        settle_dependents(self.app, final)
 
     def _retry(self, beat: Heartbeat, record: Record, info: ErrorInfo,
                delay_s: float | None) -> None:

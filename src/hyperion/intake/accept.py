@@ -17,8 +17,22 @@ from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo, GateError
 from hyperion.gate.policy import Action
 from hyperion.gate.verdict import judge, repo_name
+from hyperion.intake.dependencies import (
+    blockers,
+    creates_cycle,
+    dependency_error,
+    enqueue_request,
+    settle_dependents,
+    supersede,
+)
 from hyperion.records import Record, Source, State, now_iso
-from hyperion.requests import Request, claimed_id, load_json, request_from_json
+from hyperion.requests import (
+    ChangeRequest,
+    Request,
+    claimed_id,
+    load_json,
+    request_from_json,
+)
 
 log = logging.getLogger("hyperion.intake")
 
@@ -53,8 +67,8 @@ def accept(app: App, data: bytes, source: Source, *, by: str = "intake") -> Outc
     existing = app.records.get(request.id)
     if existing is not None:
         if existing.original_sha256 == digest:
-            if existing.state is State.QUEUED:
-                enqueue(app, request)   # finishes an intake that crashed before its put
+            if existing.state is State.QUEUED and not existing.waiting_for:
+                enqueue_request(app, request)   # finishes an intake that crashed before its put
             return Outcome(existing.id, existing.state, existing.error, repeated=True)
         info = ErrorInfo(code=Code.DUPLICATE, path="id", message=(
             f"a different request with id {request.id!r} was already received "
@@ -68,41 +82,58 @@ def accept(app: App, data: bytes, source: Source, *, by: str = "intake") -> Outc
         return reject(app, data, source, request.id, obj, exc.info, by)
     decision = verdict.decision
     held = decision.action is Action.REQUIRE_APPROVAL
+    depends_on = request.depends_on if isinstance(request, ChangeRequest) else []
+    if request.id in depends_on or creates_cycle(app, request.id, depends_on):
+        info = ErrorInfo(code=Code.DEPENDENCY_FAILED, path="depends_on", message=(
+            "depends_on would make this request wait for itself (directly or through "
+            "others); remove the cycle"))
+        return reject(app, data, source, request.id, obj, info, by)
+    waiting, failed_dep = blockers(app, request.id, depends_on)
+    if failed_dep is not None:
+        dep = app.records.get(failed_dep)
+        info = dependency_error(failed_dep, dep.state.value if dep else "unknown")
+        return reject(app, data, source, request.id, obj, info, by)
 
-    target = request.target or app.config.repos[repo].target
     at = now_iso()
     record = Record(
-        id=request.id, kind=request.kind, state=State.HELD if held else State.QUEUED,
-        title=request.title, repo=repo, policy_rules=list(decision.rules),
-        target=target, agent=getattr(request, "agent", None) or getattr(request,
-                                                                       "requested_by", None),
-        base=request.base or target, source=source, original_sha256=digest, created_at=at,
-        updated_at=at)
+        id=request.id, state=State.HELD if held else State.QUEUED,
+        policy_rules=list(decision.rules), source=source, original_sha256=digest,
+        created_at=at, updated_at=at, waiting_for=[] if held else waiting,
+        **request_fields(request, repo, app))
     reason = f"accepted from {source.kind}; policy {decision.action.value}: {decision.reason}"
     if held:
         reason = f"held for approval from {source.kind}: {decision.reason}"
+    elif waiting:
+        reason += f"; waiting for {', '.join(waiting)} to land"
     if not app.records.create(record, data, by=by, reason=reason):
         # Lost a race with another intake of the same id: judge again as a repeat.
         return accept(app, data, source, by=by)
     log.info("%s %s from %s", "held" if held else "accepted", request.id, source.name,
              extra={"request_id": request.id})
+    stored = app.records.get(request.id)
+    assert stored is not None
+    if isinstance(request, ChangeRequest) and request.supersedes is not None:
+        note = supersede(app, stored, request.supersedes)
+        log.info("%s %s", request.id, note, extra={"request_id": request.id})
     if held:
-        stored = app.records.get(request.id)
-        if stored is not None:
-            app.reporter.outcome(stored)
+        app.reporter.outcome(stored)
         return Outcome(request.id, State.HELD, None)
-    enqueue(app, request)
+    if not waiting:
+        enqueue_request(app, request)
     if decision.action is Action.NOTIFY:
-        stored = app.records.get(request.id)
-        if stored is not None:
-            app.reporter.notice(stored, f"policy notice: {decision.reason}")
+        app.reporter.notice(stored, f"policy notice: {decision.reason}")
     return Outcome(request.id, State.QUEUED, None)
 
 
-def enqueue(app: App, request: Request) -> None:
-    """Hand an accepted request to the spool (a no-op when it is already there)."""
-    payload = request.model_dump_json(by_alias=True).encode()
-    app.spool.put(request.id, payload, priority=request.priority)
+def request_fields(request: Request, repo: str, app: App) -> dict[str, Any]:
+    """The record fields an accepted request determines."""
+    target = request.target or app.config.repos[repo].target
+    return {
+        "kind": request.kind, "title": request.title, "repo": repo, "target": target,
+        "agent": request.agent if isinstance(request, ChangeRequest) else request.requested_by,
+        "base": request.base or target,
+        "depends_on": request.depends_on if isinstance(request, ChangeRequest) else [],
+    }
 
 
 def reject(app: App, data: bytes, source: Source, wanted_id: str | None, obj: Any,
@@ -138,4 +169,5 @@ def reject(app: App, data: bytes, source: Source, wanted_id: str | None, obj: An
     stored = app.records.get(record_id)
     if stored is not None:
         app.reporter.outcome(stored)
+        settle_dependents(app, stored)
     return Outcome(record_id, State.REJECTED, info)

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo
-from hyperion.intake.accept import enqueue
+from hyperion.intake.dependencies import (
+    blockers,
+    dependency_error,
+    enqueue_request,
+    settle_dependents,
+)
 from hyperion.records import Record, State
-from hyperion.requests import parse_request
+from hyperion.requests import ChangeRequest, parse_request
 
 
 class NotHeld(Exception):
@@ -32,9 +37,24 @@ def approve(app: App, record_id: str, *, by: str) -> Record:
     original = app.records.original_path(record_id).read_bytes()
     request = parse_request(original, max_bytes=app.config.limits.max_request_bytes,
                             max_depth=app.config.limits.max_json_depth)
+    depends_on = request.depends_on if isinstance(request, ChangeRequest) else []
+    waiting, failed_dep = blockers(app, record_id, depends_on)
+    if failed_dep is not None:
+        dep = app.records.get(failed_dep)
+        record = app.records.transition(
+            record_id, State.FAILED, by=by, reason=f"approved by {by}, but dependency "
+            f"{failed_dep} did not land",
+            error=dependency_error(failed_dep, dep.state.value if dep else "unknown"))
+        app.reporter.outcome(record)
+        settle_dependents(app, record)
+        return record
+    if waiting:
+        return app.records.transition(record_id, State.QUEUED, by=by, waiting_for=waiting,
+                                      reason=f"approved by {by}; waiting for "
+                                      f"{', '.join(waiting)} to land")
     # Spool first: a crash before the transition leaves an approved item that a worker runs,
     # never an approval that is recorded but lost.
-    enqueue(app, request)
+    enqueue_request(app, request)
     return app.records.transition(record_id, State.QUEUED, by=by, reason=f"approved by {by}")
 
 
@@ -44,4 +64,5 @@ def deny(app: App, record_id: str, *, by: str, reason: str) -> Record:
     record = app.records.transition(record_id, State.REJECTED, by=by,
                                     reason=f"denied by {by}: {reason}", error=error)
     app.reporter.outcome(record)
+    settle_dependents(app, record)
     return record
