@@ -48,6 +48,8 @@ def test_start_status_second_start_refused_stop_drains(setup: Setup) -> None:
     try:
         status = json.loads(setup.cli("status", "--format", "json").stdout)
         assert len(status["daemons"]) == 1 and status["detached_pid"]
+        assert status["running"] is True and status["pid"] == status["detached_pid"]
+        assert status["uptime_s"] >= 0 and set(status["queue"]) >= {"queued", "running"}
         second = setup.cli("start")
         assert second.returncode == 1
         assert "already running" in second.stderr
@@ -58,6 +60,7 @@ def test_start_status_second_start_refused_stop_drains(setup: Setup) -> None:
     assert stop.returncode == 0, stop.stderr
     status = json.loads(setup.cli("status", "--format", "json").stdout)
     assert status["daemons"] == [] and status["detached_pid"] is None
+    assert status["running"] is False and status["pid"] is None
     assert status["records"] == {"landed": 1}
     assert status["recent"][0]["id"] == "bg-1" and status["recent"][0]["to"] == "landed"
     assert setup.cli("stop").stdout.strip() == "hyperion: not running"
@@ -236,3 +239,19 @@ def test_quick_commands_do_not_import_heavy_libraries(setup: Setup, args: list[s
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=setup.root)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_log_lines_never_carry_a_secret(tmp_path: Path) -> None:
+    token = "ghp_" + "Zx9Kq2Lm8Np4Rt6Vw1Yb3Cd5Fg7Hj0Ks2Lq4"
+    code = ("import logging\nfrom hyperion.logs import setup_logging\n"
+            "setup_logging('INFO', 'json')\n"
+            f"logging.getLogger('x').info('token %s here', {token!r})\n"
+            "try:\n"
+            f"    raise ValueError({token!r})\n"
+            "except ValueError:\n"
+            "    logging.getLogger('x').exception('failed')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert token not in out.stderr
+    lines = [json.loads(line) for line in out.stderr.splitlines()]
+    assert "[redacted" in lines[0]["message"] and "[redacted" in lines[1]["exc"]

@@ -401,9 +401,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 continue
     queue = Spool(state / "spool").counts() if state.is_dir() else {}
     recent = list(reversed(events))
+    first = daemons[0] if daemons else {}
+    detached = held_pid(_pidfile(config)) if state.is_dir() else None
     data: dict[str, Any] = {
+        "pid": detached or first.get("pid"),
+        "running": bool(daemons),
+        "uptime_s": first.get("uptime_s"),
         "state_dir": str(state),
-        "detached_pid": held_pid(_pidfile(config)) if state.is_dir() else None,
+        "detached_pid": detached,
         "daemons": daemons,
         "queue": queue,
         "records": dict(sorted(by_state.items())),

@@ -18,6 +18,23 @@ class _RequestIdDefault(logging.Filter):
         return True
 
 
+class _Redact(logging.Filter):
+    """A safety net: every message passes the secret scanner's redaction before it is written
+    (the scanner is imported with the first line logged, not at start-up)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from hyperion.gate.secrets import redact
+
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(text)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message, request_id, and exc if any."""
 
@@ -32,13 +49,14 @@ class JsonFormatter(logging.Formatter):
             "request_id": None if request_id == "-" else request_id,
         }
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdDefault())
+    handler.addFilter(_Redact())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
