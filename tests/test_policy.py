@@ -178,3 +178,45 @@ def test_a_credential_in_the_patch_is_refused_without_showing_it(setup: Setup,
     setup.drop("s2.json", again)
     assert setup.cli("run", "--once").returncode == 0
     assert setup.record("sec-2")["state"] == "landed"
+
+
+def _approval(id: str, request: str, decision: str, by: str, reason: str = "") -> dict[str, str]:
+    return {"kind": "approval", "version": 1, "id": id, "request": request,
+            "decision": decision, "by": by, "reason": reason}
+
+
+def test_approval_files_decide_held_requests_when_the_policy_allows_the_actor(
+        setup: Setup) -> None:
+    _with_policy(setup, "version: 1\ndefault: require_approval\napprovers: ['alice', 'lead-*']\n")
+    setup.drop("h1.json", setup.request("ap-1", {"app.py": "V = 1\n"}))
+    setup.drop("h2.json", setup.request("ap-2", {"docs/readme.txt": "2\n"}))
+    assert setup.cli("run", "--once").returncode == 0
+    assert setup.record("ap-1")["state"] == "held"
+    # Someone the policy does not name cannot decide; the request stays held.
+    setup.drop("m.json", _approval("apr-m", "ap-1", "approve", "mallory"))
+    setup.drop("a.json", _approval("apr-1", "ap-1", "approve", "alice"))
+    setup.drop("d.json", _approval("apr-2", "ap-2", "deny", "lead-ops", "not this week"))
+    assert setup.cli("run", "--once").returncode == 0
+    refused = setup.record("apr-m")
+    assert refused["state"] == "rejected" and refused["error"]["code"] == "policy_denied"
+    approved = setup.record("ap-1")
+    assert approved["state"] == "landed"
+    assert any(h["by"] == "alice (approval file apr-1)" for h in approved["history"])
+    assert any(a["name"] == "approval-apr-1.json" for a in approved["artifacts"])
+    denied = setup.record("ap-2")
+    assert denied["state"] == "rejected" and "not this week" in denied["error"]["message"]
+    # The same approval file again is a no-op, not a new rejection.
+    before = json.loads(setup.cli("list", "--format", "json").stdout)
+    setup.drop("a-again.json", _approval("apr-1", "ap-1", "approve", "alice"))
+    assert setup.cli("run", "--once").returncode == 0
+    assert json.loads(setup.cli("list", "--format", "json").stdout) == before
+    assert list(setup.inbox.iterdir()) == []
+
+
+def test_approval_files_are_refused_without_approvers(setup: Setup) -> None:
+    _with_policy(setup, "version: 1\ndefault: require_approval\n")
+    setup.drop("h.json", setup.request("ap-3", {"app.py": "V = 3\n"}))
+    setup.drop("a.json", _approval("apr-3", "ap-3", "approve", "alice"))
+    assert setup.cli("run", "--once").returncode == 0
+    assert setup.record("apr-3")["error"]["code"] == "policy_denied"
+    assert setup.record("ap-3")["state"] == "held"

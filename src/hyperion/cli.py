@@ -115,8 +115,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from hyperion.errors import GateError
+    from hyperion.gate.policy import check_approver
     from hyperion.gate.verdict import judge
-    from hyperion.requests import claimed_id, load_json, request_from_json
+    from hyperion.requests import ApprovalRequest, claimed_id, incoming_from_json, load_json
 
     config = _config(args)
     policy = _policy(config)
@@ -134,8 +135,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
                             max_depth=config.limits.max_json_depth)
             entry["id"] = claimed_id(obj)
             kind = obj.get("kind") if isinstance(obj, dict) else None
-            entry["kind"] = kind if kind in ("change", "task") else None
-            judge(request_from_json(obj), config, policy)
+            entry["kind"] = kind if kind in ("change", "task", "approval") else None
+            incoming = incoming_from_json(obj)
+            if isinstance(incoming, ApprovalRequest):
+                check_approver(policy, incoming.by)
+            else:
+                judge(incoming, config, policy)
         except GateError as exc:
             entry["ok"] = False
             entry["errors"].append(exc.info.model_dump(mode="json", exclude={"detail"}))
@@ -589,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("schema", parents=[common], help="print a JSON Schema")
-    p.add_argument("name", choices=("change", "task", "config"))
+    p.add_argument("name", choices=("change", "task", "approval", "config", "policy"))
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("validate", parents=[common, fmt],

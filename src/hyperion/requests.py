@@ -86,6 +86,18 @@ class TaskRequest(_Model):
     timeout_s: int = Field(1800, ge=1, le=7 * 24 * 3600)
 
 
+class ApprovalRequest(_Model):
+    """A decision on a held request, dropped in the inbox like any request."""
+
+    kind: Literal["approval"]
+    version: Literal[1]
+    id: RequestId
+    request: RequestId = Field(description="The id of the held request decided on.")
+    decision: Literal["approve", "deny"]
+    by: str = Field(pattern=AGENT_PATTERN, description="Who decides; the policy must allow it.")
+    reason: str = Field("", max_length=4096)
+
+
 Request = ChangeRequest | TaskRequest
 MODELS: dict[str, type[ChangeRequest] | type[TaskRequest]] = {
     "change": ChangeRequest, "task": TaskRequest,
@@ -95,7 +107,8 @@ MODELS: dict[str, type[ChangeRequest] | type[TaskRequest]] = {
 @cache
 def json_schema(kind: str) -> dict[str, Any]:
     """The JSON Schema of a request kind, as shipped under schemas/."""
-    schema = MODELS[kind].model_json_schema(by_alias=True)
+    model = ApprovalRequest if kind == "approval" else MODELS[kind]
+    schema = model.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"urn:hyperion:schema:{kind}:1"
     return schema
@@ -216,6 +229,27 @@ def _schema_message(error: Any) -> tuple[str, str | None]:
     return f"fails the schema rule {v!r}", format_path(path)
 
 
+def incoming_from_json(obj: Any) -> Request | ApprovalRequest:
+    """What an inbox file may be: a request, or an approval file."""
+    if isinstance(obj, dict) and obj.get("kind") == "approval":
+        if obj.get("version") != 1 or isinstance(obj.get("version"), bool):
+            raise GateError(Code.SCHEMA_VIOLATION, "unsupported version for kind 'approval'; "
+                            "this hyperion reads version 1", path="version")
+        return ApprovalRequest.model_validate(_schema_checked("approval", obj))
+    return request_from_json(obj)
+
+
+def _schema_checked(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    errors = sorted(_validator(kind).iter_errors(obj),
+                    key=lambda e: (list(e.absolute_path), e.validator))
+    if errors:
+        from jsonschema.exceptions import best_match
+
+        message, path = _schema_message(best_match(errors))
+        raise GateError(Code.SCHEMA_VIOLATION, message, path=path)
+    return obj
+
+
 @cache
 def _validator(kind: str) -> Any:
     import jsonschema  # ~135 ms: only paid by code paths that validate
@@ -240,13 +274,7 @@ def request_from_json(obj: Any) -> Request:
     if obj.get("version") != 1 or isinstance(obj.get("version"), bool):
         raise GateError(Code.SCHEMA_VIOLATION, f"unsupported version for kind {kind!r}; "
                         "this hyperion reads version 1", path="version")
-    validator = _validator(kind)
-    errors = sorted(validator.iter_errors(obj), key=lambda e: (list(e.absolute_path), e.validator))
-    if errors:
-        from jsonschema.exceptions import best_match
-
-        message, path = _schema_message(best_match(errors))
-        raise GateError(Code.SCHEMA_VIOLATION, message, path=path)
+    _schema_checked(kind, obj)
     try:
         return MODELS[kind].model_validate(obj)
     except ValidationError as exc:

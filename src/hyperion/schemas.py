@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-NAMES = ("change", "task", "config")
+NAMES = ("change", "task", "approval", "config", "policy")
 
 
 def schema_for(name: str) -> dict[str, Any]:
@@ -21,6 +21,13 @@ def schema_for(name: str) -> dict[str, Any]:
         schema = Config.model_json_schema()
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = "urn:hyperion:schema:config:1"
+        return schema
+    if name == "policy":
+        from hyperion.gate.policy import Policy
+
+        schema = Policy.model_json_schema()
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = "urn:hyperion:schema:policy:1"
         return schema
     from hyperion.requests import json_schema
 

@@ -65,6 +65,8 @@ class Policy(_Strict):
     limits: Limits = Field(default_factory=Limits)
     checks: list[str] | None = Field(None, description="Allowed check names; omit for all.")
     rules: list[Rule] = Field(default_factory=list)
+    approvers: list[str] = Field(default_factory=list, description=(
+        "Who may decide held requests with an approval file (name globs); none by default."))
     secrets: Allowlist = Field(default_factory=Allowlist, description=(
         "Findings of the secret scanner to let through: by fingerprint, path glob or regex."))
 
@@ -139,6 +141,13 @@ def check_allowed_checks(policy: Policy, checks: list[str]) -> None:
             raise GateError(Code.CHECK_NOT_ALLOWED, f"the policy does not allow the check "
                             f"{name!r} (allowed: {', '.join(policy.checks) or 'none'})",
                             path=f"checks[{i}]")
+
+
+def check_approver(policy: Policy, actor: str) -> None:
+    if not any(fnmatchcase(actor, pattern) for pattern in policy.approvers):
+        raise GateError(Code.POLICY_DENIED, f"{actor!r} may not decide requests with an "
+                        "approval file; list it under `approvers` in the policy, or use "
+                        "`hyperion approve`", path="by")
 
 
 def decide(policy: Policy, agent: str, files: list[FilePatch]) -> Decision:

@@ -15,7 +15,7 @@ from typing import Any
 
 from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo, GateError
-from hyperion.gate.policy import Action
+from hyperion.gate.policy import Action, check_approver
 from hyperion.gate.verdict import judge, repo_name
 from hyperion.intake.dependencies import (
     blockers,
@@ -27,11 +27,12 @@ from hyperion.intake.dependencies import (
 )
 from hyperion.records import Record, Source, State, now_iso
 from hyperion.requests import (
+    ApprovalRequest,
     ChangeRequest,
     Request,
     claimed_id,
+    incoming_from_json,
     load_json,
-    request_from_json,
 )
 
 log = logging.getLogger("hyperion.intake")
@@ -57,12 +58,14 @@ def accept(app: App, data: bytes, source: Source, *, by: str = "intake") -> Outc
     digest = hashlib.sha256(data).hexdigest()
     limits = app.config.limits
     obj: Any = None
-    request: Request | None = None
     try:
         obj = load_json(data, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth)
-        request = request_from_json(obj)
+        incoming = incoming_from_json(obj)
     except GateError as exc:
         return reject(app, data, source, claimed_id(obj), obj, exc.info, by)
+    if isinstance(incoming, ApprovalRequest):
+        return _approval_file(app, data, source, incoming, obj, by)
+    request: Request = incoming
 
     existing = app.records.get(request.id)
     if existing is not None:
@@ -123,6 +126,37 @@ def accept(app: App, data: bytes, source: Source, *, by: str = "intake") -> Outc
     if decision.action is Action.NOTIFY:
         app.reporter.notice(stored, f"policy notice: {decision.reason}")
     return Outcome(request.id, State.QUEUED, None)
+
+
+def _approval_file(app: App, data: bytes, source: Source, approval: ApprovalRequest, obj: Any,
+                   by: str) -> Outcome:
+    """An approval file decides a held request, when the policy lets its author decide."""
+    from hyperion.intake.approval import approve, deny
+
+    target = app.records.get(approval.request)
+    marker = f"approval file {approval.id}"
+    if target is not None and any(marker in h.by for h in target.history):
+        return Outcome(target.id, target.state, target.error, repeated=True)
+    try:
+        check_approver(app.policy, approval.by)
+        if target is None:
+            raise GateError(Code.POLICY_DENIED, f"there is no request {approval.request!r} to "
+                            "decide on", path="request")
+        if target.state is not State.HELD:
+            raise GateError(Code.POLICY_DENIED, f"{approval.request} is "
+                            f"{target.state.value}, not held: there is nothing to decide",
+                            path="request")
+    except GateError as exc:
+        return reject(app, data, source, approval.id, obj, exc.info, by)
+    directory = app.artifacts_dir(target.id)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"approval-{approval.id}.json").write_bytes(data)
+    actor = f"{approval.by} ({marker})"
+    if approval.decision == "approve":
+        record = approve(app, target.id, by=actor)
+    else:
+        record = deny(app, target.id, by=actor, reason=approval.reason or "no reason given")
+    return Outcome(record.id, record.state, record.error)
 
 
 def request_fields(request: Request, repo: str, app: App) -> dict[str, Any]:
