@@ -182,3 +182,24 @@ def test_no_secret_reaches_a_notification(setup: Setup, webhook: Any) -> None:
     notes = webhook.wait_for(1)
     assert notes and token not in json.dumps(notes)
     assert token not in (setup.state / "audit.jsonl").read_text()
+
+
+def test_a_burst_over_the_rate_limit_is_coalesced_into_one_digest(
+        tmp_path: Path, receivers: tuple[Receiver, Receiver]) -> None:
+    team, oncall = receivers
+    s = routed_setup(tmp_path, team, oncall.url, extra=(
+        "  rate_limit:\n    team: {max: 2, per_s: 60}\n"))
+    for i in range(5):
+        s.drop(f"r{i}.json", s.request(f"burst-{i}", {"app.py": f"BROKEN = {i}\n"}))
+    assert s.cli("run", "--once").returncode == 0
+    titles = [n["title"] for n in team.received]
+    assert len(titles) == 2, titles
+    digest = next(n for n in team.received if "digest" in n["title"])
+    assert digest["title"] == "hyperion: 4 notifications (digest)"
+    assert digest["type"] == "failure"
+    assert sum(f"burst-{i} failed" in digest["message"] for i in range(5)) == 4
+    # A message goes to all its event's tags at once: the team's limit coalesced it for
+    # on-call too (five pages become two).
+    assert [n["title"] for n in oncall.received] == titles
+    outbox = json.loads(s.cli("status", "--format", "json").stdout)
+    assert outbox["records"] == {"failed": 5}

@@ -63,6 +63,11 @@ class Template(_Strict):
     body: str | None = None
 
 
+class RateLimit(_Strict):
+    max: int = Field(ge=1, description="Messages per window before a burst is coalesced.")
+    per_s: float = Field(60, gt=0, description="The window, in seconds.")
+
+
 class NotifyConfig(_Strict):
     urls: list[str | NotifyTarget] = Field(
         default_factory=list, description="apprise URLs, plain (every event) or with tags.")
@@ -73,6 +78,9 @@ class NotifyConfig(_Strict):
     events: dict[Event, list[str]] = Field(
         default_factory=dict, description="Tags each event goes to; default: every target.")
     templates: dict[Event, Template] = Field(default_factory=dict)
+    rate_limit: dict[str, RateLimit] = Field(default_factory=dict, description=(
+        "Per tag (\"*\" for targets without tags): over `max` messages in `per_s` seconds, "
+        "the rest of a burst is sent as one digest when the window ends."))
     retry_min_s: float = Field(5, gt=0, description="First redelivery delay (jittered).")
     retry_max_s: float = Field(600, gt=0, description="Longest redelivery delay.")
     expire_h: float = Field(24, gt=0, description="Give up on a message after this long.")

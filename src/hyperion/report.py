@@ -42,6 +42,7 @@ NOTIFY_TYPES = {
 # Plain URLs carry this tag so that routed events (tag=[...]) still reach them.
 EVERY_EVENT_TAG = "hyperion-every-event"
 TAIL_LINES = 20
+BATCH = 200   # messages taken from the outbox at once
 
 
 class Message(BaseModel):
@@ -116,6 +117,7 @@ class Reporter:
         self.outbox = Spool(config.state_dir / "outbox")
         self._client: Any = None
         self._lock = threading.Lock()
+        self._sent: dict[str, list[float]] = {}   # per rate-limited tag: recent send times
 
     # ---------------------------------------------------------------- writing messages
     def outcome(self, record: Record) -> bool:
@@ -163,38 +165,109 @@ class Reporter:
 
     # ---------------------------------------------------------------- delivering
     def deliver_ready(self, owner: str, *, stop: threading.Event | None = None) -> int:
-        """Deliver every message that is due now; returns how many were delivered."""
+        """Deliver every message that is due now; returns how many were delivered.
+
+        All ready messages are taken at once, so that a burst over a tag's rate limit can go
+        out as one digest."""
         delivered = 0
         while stop is None or not stop.is_set():
-            lease = self.outbox.lease(owner, ttl_s=120)
-            if lease is None:
+            batch: list[tuple[Lease, Message]] = []
+            while len(batch) < BATCH:
+                lease = self.outbox.lease(owner, ttl_s=120)
+                if lease is None:
+                    break
+                try:
+                    batch.append((lease, Message.model_validate_json(lease.payload)))
+                except ValueError:
+                    self.outbox.bury(lease, "unreadable message")
+            if not batch:
                 return delivered
-            delivered += self._deliver(lease)
+            groups: dict[tuple[str, ...], list[tuple[Lease, Message]]] = {}
+            for item in batch:
+                groups.setdefault(tuple(item[1].tags), []).append(item)
+            for tags, items in groups.items():
+                delivered += self._deliver_group(tags, items)
         return delivered
 
-    def _deliver(self, lease: Lease) -> int:
+    def _deliver_group(self, tags: tuple[str, ...],
+                       items: list[tuple[Lease, Message]]) -> int:
+        limit, window_ends = self._allowance(tags)
+        if limit is None or len(items) <= limit:
+            return sum(self._deliver_one(lease, message) for lease, message in items)
+        singles, rest = items[:max(0, limit - 1)], items[max(0, limit - 1):]
+        delivered = sum(self._deliver_one(lease, message) for lease, message in singles)
+        if limit == 0:
+            # The window is used up: hold the burst, durably, until it ends.
+            for lease, message in rest:
+                self._release(lease, message, max(0.1, window_ends - time.time()), "rate")
+            return delivered
+        digest = _digest(tags, [m for _, m in rest])
+        if self.send(digest):
+            self._count(tags)
+            for lease, _ in rest:
+                self._close(lease, ok=True)
+            return delivered + len(rest)
+        for lease, message in rest:
+            self._failed(lease, message)
+        return delivered
+
+    def _allowance(self, tags: tuple[str, ...]) -> tuple[int | None, float]:
+        """How many messages for these tags may go out now (None: no limit), and when the
+        current window of the tightest limit ends."""
+        now = time.time()
+        allowed: int | None = None
+        ends = now
+        for tag in tags or ("*",):
+            limit = self.notify.rate_limit.get(tag)
+            if limit is None:
+                continue
+            sent = [t for t in self._sent.get(tag, []) if t > now - limit.per_s]
+            self._sent[tag] = sent
+            left = max(0, limit.max - len(sent))
+            if allowed is None or left < allowed:
+                allowed = left
+                ends = (sent[0] + limit.per_s) if sent else now
+        return allowed, ends
+
+    def _count(self, tags: tuple[str, ...]) -> None:
+        now = time.time()
+        for tag in tags or ("*",):
+            if tag in self.notify.rate_limit:
+                self._sent.setdefault(tag, []).append(now)
+
+    def _deliver_one(self, lease: Lease, message: Message) -> int:
+        if self.send(message):
+            self._count(tuple(message.tags))
+            self._close(lease, ok=True)
+            return 1
+        self._failed(lease, message)
+        return 0
+
+    def _failed(self, lease: Lease, message: Message) -> None:
+        METRICS.inc("hyperion_notification_failures_total")
+        age = time.time() - message.created_at
+        if age > self.notify.expire_h * 3600:
+            log.error("notify: giving up on %s after %.0f h", message.key, age / 3600,
+                      extra={"request_id": message.request_id or "-"})
+            self._close(lease, ok=False)
+            return
+        delay = min(self.notify.retry_max_s, self.notify.retry_min_s * 2 ** lease.attempts)
+        self._release(lease, message, delay * random.uniform(0.5, 1.0), "delivery failed")
+
+    def _release(self, lease: Lease, message: Message, delay_s: float, why: str) -> None:
         try:
-            message = Message.model_validate_json(lease.payload)
-        except ValueError:
-            self.outbox.bury(lease, "unreadable message")
-            return 0
-        ok = self.send(message)
+            self.outbox.retry(lease, delay_s, why)
+        except LeaseLost:
+            log.warning("notify: lost the lease of %s", message.key)
+
+    def _close(self, lease: Lease, *, ok: bool) -> None:
         try:
             if ok:
                 self.outbox.ack(lease)
-                return 1
-            METRICS.inc("hyperion_notification_failures_total")
-            age = time.time() - message.created_at
-            if age > self.notify.expire_h * 3600:
-                log.error("notify: giving up on %s after %.0f h", message.key, age / 3600,
-                          extra={"request_id": message.request_id or "-"})
+            else:
                 self.outbox.bury(lease, "expired")
-                return 0
-            delay = min(self.notify.retry_max_s, self.notify.retry_min_s * 2 ** lease.attempts)
-            self.outbox.retry(lease, delay * random.uniform(0.5, 1.0), "delivery failed")
         except LeaseLost:
-            log.warning("notify: lost the lease of %s", message.key)
-        return 0
+            log.warning("notify: lost the lease of %s", lease.id)
 
     def send(self, message: Message) -> bool:
         """One delivery attempt through apprise; True when every matching target took it."""
@@ -221,6 +294,18 @@ class Reporter:
         if self._client is None:
             self._client = build_client(self.notify)
         return self._client
+
+
+def _digest(tags: tuple[str, ...], messages: list[Message]) -> Message:
+    """One message standing for a burst of them."""
+    worst = "failure" if any(m.notify_type == "failure" for m in messages) else (
+        "warning" if any(m.notify_type == "warning" for m in messages) else "info")
+    parts = [f"- {m.title}" for m in messages]
+    parts.append("")
+    parts += [f"== {m.title}\n{m.body}\n" for m in messages]
+    return Message(key="digest", event="digest", notify_type=worst, tags=list(tags),
+                   title=f"hyperion: {len(messages)} notifications (digest)",
+                   body="\n".join(parts)[:60000], request_id=None, created_at=time.time())
 
 
 def build_client(notify: NotifyConfig, *, only: int | None = None) -> Any:
