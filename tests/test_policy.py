@@ -123,6 +123,9 @@ def test_held_request_is_approved_then_lands(setup: Setup, webhook: Webhook) -> 
     out = setup.cli("approve", "held-1", "--by", "alice")
     assert out.returncode == 0, out.stderr
     assert setup.cli("run", "--once").returncode == 0
+    titles = [n["title"] for n in webhook.wait_for(3)]
+    assert titles == ["hyperion: held-1 held", "hyperion: held-1: approved by alice",
+                      "hyperion: held-1 landed"]
     record = setup.record("held-1")
     assert record["state"] == "landed"
     assert [(h["to"], h["by"]) for h in record["history"]][:2] == [("held", "cli"),

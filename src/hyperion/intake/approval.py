@@ -49,13 +49,17 @@ def approve(app: App, record_id: str, *, by: str) -> Record:
         settle_dependents(app, record)
         return record
     if waiting:
-        return app.records.transition(record_id, State.QUEUED, by=by, waiting_for=waiting,
-                                      reason=f"approved by {by}; waiting for "
-                                      f"{', '.join(waiting)} to land")
-    # Spool first: a crash before the transition leaves an approved item that a worker runs,
-    # never an approval that is recorded but lost.
-    enqueue_request(app, request)
-    return app.records.transition(record_id, State.QUEUED, by=by, reason=f"approved by {by}")
+        record = app.records.transition(record_id, State.QUEUED, by=by, waiting_for=waiting,
+                                        reason=f"approved by {by}; waiting for "
+                                        f"{', '.join(waiting)} to land")
+    else:
+        # Spool first: a crash before the transition leaves an approved item that a worker
+        # runs, never an approval that is recorded but lost.
+        enqueue_request(app, request)
+        record = app.records.transition(record_id, State.QUEUED, by=by,
+                                        reason=f"approved by {by}")
+    app.reporter.notice(record, f"approved by {by}")
+    return record
 
 
 def deny(app: App, record_id: str, *, by: str, reason: str) -> Record:
