@@ -10,12 +10,13 @@ from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo
 from hyperion.intake.dependencies import (
     blockers,
-    dependency_error,
     enqueue_request,
+    fail_for_dependency,
+    original_request,
     settle_dependents,
 )
 from hyperion.records import Record, State
-from hyperion.requests import ChangeRequest, parse_request
+from hyperion.requests import ChangeRequest
 
 
 class NotHeld(Exception):
@@ -34,20 +35,12 @@ def _held(app: App, record_id: str) -> Record:
 
 def approve(app: App, record_id: str, *, by: str) -> Record:
     _held(app, record_id)
-    original = app.records.original_path(record_id).read_bytes()
-    request = parse_request(original, max_bytes=app.config.limits.max_request_bytes,
-                            max_depth=app.config.limits.max_json_depth)
+    request = original_request(app, record_id)
     depends_on = request.depends_on if isinstance(request, ChangeRequest) else []
     waiting, failed_dep = blockers(app, record_id, depends_on)
     if failed_dep is not None:
-        dep = app.records.get(failed_dep)
-        record = app.records.transition(
-            record_id, State.FAILED, by=by, reason=f"approved by {by}, but dependency "
-            f"{failed_dep} did not land",
-            error=dependency_error(failed_dep, dep.state.value if dep else "unknown"))
-        app.reporter.outcome(record)
-        settle_dependents(app, record)
-        return record
+        return fail_for_dependency(app, record_id, failed_dep, by=by, reason=(
+            f"approved by {by}, but dependency {failed_dep} did not land"))
     if waiting:
         record = app.records.transition(record_id, State.QUEUED, by=by, waiting_for=waiting,
                                         reason=f"approved by {by}; waiting for "

@@ -64,10 +64,23 @@ def enqueue_request(app: App, request: Request) -> None:
     app.spool.put(request.id, payload, priority=request.priority, not_before=not_before)
 
 
-def _original_request(app: App, record_id: str) -> Request:
+def original_request(app: App, record_id: str) -> Request:
+    """The request a record was made from, parsed again from its original bytes."""
     data = app.records.original_path(record_id).read_bytes()
     limits = app.config.limits
     return parse_request(data, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth)
+
+
+def fail_for_dependency(app: App, record_id: str, dep_id: str, *, by: str,
+                        reason: str) -> Record:
+    """``record_id`` fails because ``dep_id`` will never land; its own dependents follow."""
+    dep = app.records.get(dep_id)
+    failed = app.records.transition(
+        record_id, State.FAILED, by=by, reason=reason, waiting_for=[],
+        error=dependency_error(dep_id, dep.state.value if dep else "unknown"))
+    app.reporter.outcome(failed)
+    settle_dependents(app, failed)
+    return failed
 
 
 def settle_dependents(app: App, finished: Record) -> None:
@@ -85,18 +98,14 @@ def _settle(app: App, record: Record, finished: Record) -> None:
         if remaining:
             app.records.update(record.id, waiting_for=remaining)
             return
-        enqueue_request(app, _original_request(app, record.id))
+        enqueue_request(app, original_request(app, record.id))
         app.records.transition(record.id, State.QUEUED, by="dependencies", waiting_for=[],
                                reason=f"{finished.id} landed; no dependency left to wait for")
         return
-    failed = app.records.transition(
-        record.id, State.FAILED, by="dependencies", waiting_for=[],
-        error=dependency_error(finished.id, finished.state.value),
-        reason=f"dependency {finished.id} ended {finished.state.value}")
     log.info("%s failed: its dependency %s ended %s", record.id, finished.id,
              finished.state.value, extra={"request_id": record.id})
-    app.reporter.outcome(failed)
-    settle_dependents(app, failed)
+    fail_for_dependency(app, record.id, finished.id, by="dependencies",
+                        reason=f"dependency {finished.id} ended {finished.state.value}")
 
 
 def reconcile(app: App, records: list[Record]) -> None:
@@ -110,7 +119,7 @@ def reconcile(app: App, records: list[Record]) -> None:
             if dep is not None:
                 _settle(app, record, dep)
         elif not waiting:
-            enqueue_request(app, _original_request(app, record.id))
+            enqueue_request(app, original_request(app, record.id))
             app.records.update(record.id, waiting_for=[])
         elif waiting != record.waiting_for:
             app.records.update(record.id, waiting_for=waiting)

@@ -12,9 +12,9 @@ from hyperion.errors import GateError
 from hyperion.gate.policy import Action
 from hyperion.gate.verdict import judge, repo_name
 from hyperion.intake.accept import request_fields
-from hyperion.intake.dependencies import blockers, dependency_error, settle_dependents
+from hyperion.intake.dependencies import blockers, fail_for_dependency, original_request
 from hyperion.records import Record, State
-from hyperion.requests import ChangeRequest, parse_request
+from hyperion.requests import ChangeRequest
 
 REQUEUEABLE = (State.FAILED, State.REJECTED)
 
@@ -31,10 +31,8 @@ def requeue(app: App, record_id: str, *, by: str, reason: str) -> Record:
         raise CannotRequeue(f"{record_id} is {record.state.value}; only failed or rejected "
                             "records can be requeued")
     why = f"requeued by {by}: {reason}"
-    limits = app.config.limits
     try:
-        request = parse_request(app.records.original_path(record_id).read_bytes(),
-                                max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth)
+        request = original_request(app, record_id)
         if request.id != record_id:
             raise CannotRequeue(f"{record_id} holds a request with id {request.id!r}, which "
                                 "belongs to another record; resubmit it with a new id")
@@ -56,13 +54,8 @@ def requeue(app: App, record_id: str, *, by: str, reason: str) -> Record:
     depends_on = request.depends_on if isinstance(request, ChangeRequest) else []
     waiting, failed_dep = blockers(app, record_id, depends_on)
     if failed_dep is not None:
-        dep = app.records.get(failed_dep)
-        failed = app.records.transition(
-            record_id, State.FAILED, by=by, reason=f"{why}; dependency {failed_dep} did not "
-            "land", error=dependency_error(failed_dep, dep.state.value if dep else "unknown"))
-        app.reporter.outcome(failed)
-        settle_dependents(app, failed)
-        return failed
+        return fail_for_dependency(app, record_id, failed_dep, by=by,
+                                   reason=f"{why}; dependency {failed_dep} did not land")
     if not waiting:
         payload = request.model_dump_json(by_alias=True).encode()
         if not app.spool.requeue(record_id, payload, reason=why):
