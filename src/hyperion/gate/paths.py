@@ -13,9 +13,9 @@ import bisect
 import functools
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 from hyperion.errors import Code, GateError
 
@@ -240,18 +240,24 @@ def _token_matches(token: _Token, ch: str) -> bool:
     return token == ch
 
 
-def _match_segment(name: str, tokens: _Segment) -> bool:
-    """Wildcard match of one path segment, greedy with backtracking to the last star only:
-    O(len(name) * len(tokens)) at worst, never exponential."""
-    n, m = len(name), len(tokens)
+_I = TypeVar("_I")
+_P = TypeVar("_P")
+
+
+def _wildcard(items: Sequence[_I], pattern: Sequence[_P], star: _P,
+              matches: Callable[[_I, _P], bool]) -> bool:
+    """Whether ``items`` match ``pattern``, where ``star`` (compared by identity) stands for
+    any run of items: greedy with backtracking to the last star only, so
+    O(len(items) * len(pattern)) at worst, never exponential."""
+    n, m = len(items), len(pattern)
     i = j = 0
     star_j = -1
     star_i = 0
     while i < n:
-        if j < m and tokens[j] is not _STAR and _token_matches(tokens[j], name[i]):
+        if j < m and pattern[j] is not star and matches(items[i], pattern[j]):
             i += 1
             j += 1
-        elif j < m and tokens[j] is _STAR:
+        elif j < m and pattern[j] is star:
             star_j, star_i = j, i
             j += 1
         elif star_j >= 0:
@@ -259,37 +265,23 @@ def _match_segment(name: str, tokens: _Segment) -> bool:
             i, j = star_i, star_j + 1
         else:
             return False
-    while j < m and tokens[j] is _STAR:
+    while j < m and pattern[j] is star:
         j += 1
     return j == m
+
+
+def _match_segment(name: str, tokens: _Segment) -> bool:
+    """One path segment against its tokens; ``_STAR`` is any run of characters."""
+    return _wildcard(name, tokens, _STAR, lambda ch, token: _token_matches(token, ch))
 
 
 def _match_greedy(path: str, segments: tuple[_Segment, ...]) -> bool:
-    """The same scheme as _match_segment one level up: "**" is the star, every other segment
-    matches exactly one path segment. A final "**" needs at least one segment (gitignore:
-    "src/**" matches files inside src, not a file named src), so it reads as "*/**"."""
+    """The same scheme one level up: "**" is the star, every other segment matches exactly
+    one path segment. A final "**" needs at least one segment (gitignore: "src/**" matches
+    files inside src, not a file named src), so it reads as "*/**"."""
     if segments[-1] is _GLOBSTAR:
         segments = (*segments[:-1], (_STAR,), _GLOBSTAR)
-    names = path.split("/")
-    n, m = len(names), len(segments)
-    i = j = 0
-    star_j = -1
-    star_i = 0
-    while i < n:
-        if j < m and segments[j] is not _GLOBSTAR and _match_segment(names[i], segments[j]):
-            i += 1
-            j += 1
-        elif j < m and segments[j] is _GLOBSTAR:
-            star_j, star_i = j, i
-            j += 1
-        elif star_j >= 0:
-            star_i += 1
-            i, j = star_i, star_j + 1
-        else:
-            return False
-    while j < m and segments[j] is _GLOBSTAR:
-        j += 1
-    return j == m
+    return _wildcard(path.split("/"), segments, _GLOBSTAR, _match_segment)
 
 
 # -- the bit-parallel NFA --
