@@ -121,8 +121,11 @@ class HyperionSpool(Adapter):
         return other
 
     def fast_fill(self, keys: range) -> None:
-        threads = [threading.Thread(target=lambda k=k: [self.put(key) for key in keys[k::8]])
-                   for k in range(8)]
+        def fill(part: range) -> None:
+            for key in part:
+                self.put(key)
+
+        threads = [threading.Thread(target=fill, args=(keys[k::8],)) for k in range(8)]
         for t in threads:
             t.start()
         for t in threads:

@@ -671,6 +671,35 @@ def test_spools_of_one_process_share_the_view(tmp_path: Path) -> None:
     assert lease is not None and lease.id == "x"
 
 
+def test_a_spool_made_before_a_fork_works_in_the_child(spool: Spool) -> None:
+    for n in range(3):
+        spool.put(f"i{n}", b"")
+    assert spool.lease("parent") is not None         # the parent's view is listed
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                     # the child: report, never raise
+        code = 1
+        try:
+            lease = spool.lease("child")
+            ok = lease is not None and f"~{os.getpid()}~" in lease._name
+            if lease is not None:
+                spool.ack(lease)
+            ok = ok and spool.put("from-child", b"") and spool.state_of("from-child") == "queued"
+            code = 0 if ok else 1
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    assert os.read(read, 1) == b"\x00"
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert spool.counts() == {"queued": 2, "running": 1, "done": 1, "dead": 0}
+    taken = []
+    while (lease := spool.lease("parent")) is not None:   # the child's put is seen too
+        taken.append(lease.id)
+    assert "from-child" in taken
+
+
 # ---------------------------------------------------------------------- group commit
 def test_group_commit_covers_every_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                           ) -> None:
