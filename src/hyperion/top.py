@@ -30,6 +30,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Static
 
 from hyperion.config import Config
@@ -432,12 +433,16 @@ class TopApp(App[int]):
         self._show()
 
     def _show(self) -> None:
-        visible = self.shown_records
-        self._fill_table(visible)
-        self.query_one("#status", Static).update(
-            render_status(self.snapshot, self.state_filter, len(visible), self.read_error))
-        self.query_one("#events", Static).update(render_events(self.snapshot.events))
-        self._show_detail()
+        try:
+            visible = self.shown_records
+            self._fill_table(visible)
+            self.query_one("#status", Static).update(
+                render_status(self.snapshot, self.state_filter, len(visible), self.read_error))
+            self.query_one("#events", Static).update(render_events(self.snapshot.events))
+            self._show_detail()
+        except NoMatches:
+            # The refresh timer fired while the app is shutting down: nothing left to draw.
+            return
 
     def _fill_table(self, records: list[Record]) -> None:
         rows = [record_cells(r) for r in records]
