@@ -111,6 +111,10 @@ class Config(_Strict):
     workers: int = Field(2, ge=1, le=64)
     max_attempts: int = Field(3, ge=1, le=100,
                               description="Attempts for transient failures before `failed`.")
+    max_crashes: int = Field(5, ge=1, le=100, description=(
+        "Attempts that may end with hyperion's process dying (kill -9, OOM, power loss) "
+        "before the request fails internal_error: a request that kills its worker every "
+        "time must not loop forever."))
     repos: dict[str, RepoConfig] = Field(default_factory=dict)
     checks: dict[str, CheckConfig] = Field(default_factory=dict)
     policy: Path | None = None

@@ -34,7 +34,7 @@ from hyperion.records import now_iso
 from hyperion.report import Reporter
 from hyperion.run import abort_all
 from hyperion.sdnotify import Notifier
-from hyperion.worker import Worker, prune_worktrees
+from hyperion.worker import Worker, prune_worktrees, recover_checkouts
 
 log = logging.getLogger("hyperion.daemon")
 
@@ -51,6 +51,7 @@ def _worker_name(index: int) -> str:
 def _recover(app: App) -> None:
     """What a killed process left: leases back to the queue, its worktrees removed, and
     notifications of recent outcomes that it recorded but did not get to queue."""
+    recover_checkouts(app)
     swept = app.spool.sweep() + app.reporter.outbox.sweep()
     pruned = prune_worktrees(app)
     cutoff = time.time() - app.config.notify.expire_h * 3600

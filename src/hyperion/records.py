@@ -78,6 +78,8 @@ class Record(BaseModel):
     target: str | None = None
     agent: str | None = None
     attempts: int = 0
+    crashes: int = 0          # attempts that ended with the worker's process dying
+    races: int = 0            # attempts that lost the race to land (the target moved)
     error: ErrorInfo | None = None
     base: str | None = None
     base_commit: str | None = None

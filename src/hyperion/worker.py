@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import random
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo
+from hyperion.fsutil import write_atomic
 from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
 from hyperion.intake.dependencies import settle_dependents
 from hyperion.metrics import METRICS
@@ -40,6 +42,7 @@ log = logging.getLogger("hyperion.worker")
 LEASE_TTL_S = 60.0
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 300.0
+MAX_RACES = 50
 _land_locks: dict[str, threading.Lock] = {}
 _land_locks_guard = threading.Lock()
 
@@ -62,12 +65,17 @@ class Failed(Exception):
 
 
 class Retry(Exception):
-    """Try again later (the target moved, or something transient went wrong)."""
+    """Try again later (the target moved, or something transient went wrong).
 
-    def __init__(self, info: ErrorInfo, delay_s: float | None = None) -> None:
+    A lost race to land (``race=True``) is progress, not failure: it does not count against
+    ``max_attempts``, only against the safety cap MAX_RACES."""
+
+    def __init__(self, info: ErrorInfo, delay_s: float | None = None, *,
+                 race: bool = False) -> None:
         super().__init__(info.message)
         self.info = info
         self.delay_s = delay_s
+        self.race = race
 
 
 def backoff(attempts: int) -> float:
@@ -134,6 +142,43 @@ def prune_worktrees(app: App) -> int:
     return removed
 
 
+def recover_checkout(app: App, repo_name: str, repo: GitRepo) -> None:
+    """Finish or undo a move of a repository's own checkout that a crash interrupted.
+
+    If the branch reached the new commit, the land happened and the checkout is there too.
+    If not, the checkout is moved back to the old commit (a no-op if it never moved), so the
+    user's working tree always matches its branch. Call with the repo's land lock held."""
+    intent = app.locks_dir() / f"land-{repo_name}.intent"
+    try:
+        data = json.loads(intent.read_text())
+    except FileNotFoundError:
+        return
+    except ValueError:
+        intent.unlink(missing_ok=True)
+        return
+    if repo.branch_commit(data["branch"]) != data["new"]:
+        refused = repo.move_checkout(Path(data["top"]), data["new"], data["old"])
+        if refused is not None:
+            log.error("the checkout %s was left between %s and %s by a crash and cannot be "
+                      "moved back (%s): fix it by hand, e.g. git read-tree -u -m %s %s",
+                      data["top"], data["old"][:12], data["new"][:12], refused[:200],
+                      data["new"], data["old"])
+            return
+        log.warning("moved the checkout %s back to %s after an interrupted land",
+                    data["top"], data["old"][:12])
+    intent.unlink(missing_ok=True)
+
+
+def recover_checkouts(app: App) -> None:
+    """Start-up: recover_checkout() for every repository, under its land lock."""
+    for name, config in app.config.repos.items():
+        intent = app.locks_dir() / f"land-{name}.intent"
+        if not intent.exists():
+            continue
+        with Worker(app, "recovery")._land_lock(name):
+            recover_checkout(app, name, GitRepo(config.path))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -169,13 +214,16 @@ class Worker:
             log.warning("spool item %s has no open record; acknowledging it", lease.id)
             self.app.spool.ack(beat.stop())
             return
-        if lease.attempts >= self.app.config.max_attempts:
-            # Only a crash (a lease swept from a dead process) gets here: retry() gives up
-            # itself. An item that keeps killing its worker must not loop forever.
+        # Still `running`: the process of the previous attempt died in the middle of it. Such
+        # attempts have their own budget, so that restarts of the daemon do not eat the retry
+        # budget, and a request that kills its worker every time does not loop forever.
+        crashed = record.state is State.RUNNING
+        crashes = record.crashes + (1 if crashed else 0)
+        if crashes >= self.app.config.max_crashes:
             self._finish(beat, record, State.FAILED, ErrorInfo(
-                code=Code.INTERNAL_ERROR, message=f"gave up after {lease.attempts} attempts "
-                "that ended with hyperion's process dying; the request is kept with its "
-                "record (check the log, then resubmit it with a new id)"))
+                code=Code.INTERNAL_ERROR, message=f"gave up after {crashes} attempts that "
+                "ended with hyperion's process dying; the request is kept with its record "
+                "(check the log, then `hyperion requeue` it)"), crashes=crashes)
             return
         try:
             request = ChangeRequest.model_validate_json(lease.payload)
@@ -184,15 +232,16 @@ class Worker:
                 code=Code.INTERNAL_ERROR, message="the queued request could not be read back; "
                 "its original is kept with the record"))
             return
+        died = " (the previous attempt's process died)" if crashed else ""
         record = records.transition(record.id, State.RUNNING, by=self.name,
-                                    reason=f"attempt {lease.attempts + 1}",
-                                    attempts=lease.attempts + 1, error=None)
+                                    reason=f"attempt {lease.attempts + 1}{died}",
+                                    attempts=lease.attempts + 1, crashes=crashes, error=None)
         try:
             landed = self._attempt(request, record, beat)
         except Failed as exc:
             self._finish(beat, record, State.FAILED, exc.info)
         except Retry as exc:
-            self._retry(beat, record, exc.info, exc.delay_s)
+            self._retry(beat, record, exc.info, exc.delay_s, race=exc.race)
         except (GitError, OSError) as exc:
             self._retry(beat, record, ErrorInfo(
                 code=Code.INTERNAL_ERROR,
@@ -320,12 +369,13 @@ class Worker:
                           "was being checked")
         reason = f"hyperion: land {record.id}"
         with self._land_lock(record.repo):
+            recover_checkout(self.app, record.repo, repo)
             if repo.branch_commit(target) != tip:
-                raise Retry(moved, delay_s=0)
+                raise Retry(moved, delay_s=0, race=True)
             checkout = repo.checkout()
             if checkout is None or checkout.branch != target:
                 if not repo.compare_and_swap(target, commit, tip, reason):
-                    raise Retry(moved, delay_s=0)
+                    raise Retry(moved, delay_s=0, race=True)
                 return
             # The target is checked out: behave like receive.denyCurrentBranch=updateInstead.
             top = checkout.toplevel
@@ -334,15 +384,26 @@ class Worker:
                 raise Failed(Code.LAND_CONFLICT, f"{target} is checked out in {top} and {dirty}; "
                              "hyperion left it alone. Commit or stash them, then resubmit")
             if repo.checkout_head(top) != tip:
-                raise Retry(moved, delay_s=0)
+                raise Retry(moved, delay_s=0, race=True)
+            # Written before the checkout moves, removed once the ref agrees: a crash between
+            # the two is finished or undone by recover_checkout().
+            intent = self._intent_path(record.repo)
+            write_atomic(intent, json.dumps({"top": str(top), "branch": target, "old": tip,
+                                             "new": commit}).encode())
             refused = repo.move_checkout(top, tip, commit)
             if refused is not None:
+                intent.unlink(missing_ok=True)
                 raise Failed(Code.LAND_CONFLICT, f"{target} is checked out in {top} and updating "
                              f"it would lose local files ({refused.splitlines()[0][:200]}); "
                              "hyperion left it alone")
             if not repo.compare_and_swap(target, commit, tip, reason):
                 repo.move_checkout(top, commit, tip)
-                raise Retry(moved, delay_s=0)
+                intent.unlink(missing_ok=True)
+                raise Retry(moved, delay_s=0, race=True)
+            intent.unlink(missing_ok=True)
+
+    def _intent_path(self, repo_name: str) -> Path:
+        return self.app.locks_dir() / f"land-{repo_name}.intent"
 
     # ------------------------------------------------------------------ outcomes
     def _save_artifact(self, record_id: str, name: str, text: str) -> None:
@@ -369,17 +430,24 @@ class Worker:
         settle_dependents(self.app, final)
 
     def _retry(self, beat: Heartbeat, record: Record, info: ErrorInfo,
-               delay_s: float | None) -> None:
+               delay_s: float | None, *, race: bool = False) -> None:
         lease = beat.stop()
-        attempts = lease.attempts + 1
-        if attempts >= self.app.config.max_attempts:
+        races = record.races + (1 if race else 0)
+        # Attempts that failed for a reason worth a retry: not crashes, not lost races.
+        tries = lease.attempts + 1 - record.crashes - races
+        if race and races >= MAX_RACES:
             self._finish(beat, record, State.FAILED, info.model_copy(update={
-                "message": f"{info.message} (gave up after {attempts} attempts)"}))
+                "message": f"{info.message}, {races} times in a row: the target moves faster "
+                "than this request's checks run"}), races=races)
+            return
+        if not race and tries >= self.app.config.max_attempts:
+            self._finish(beat, record, State.FAILED, info.model_copy(update={
+                "message": f"{info.message} (gave up after {tries} attempts)"}))
             return
         delay = backoff(lease.attempts) if delay_s is None else delay_s
         self.app.records.transition(record.id, State.QUEUED, by=self.name,
                                     reason=f"{info.summary()}; retrying in {delay:.1f} s",
-                                    error=info)
+                                    error=info, races=races)
         try:
             self.app.spool.retry(lease, delay, info.summary())
         except LeaseLost:
