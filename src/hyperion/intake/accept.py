@@ -24,6 +24,7 @@ from hyperion.intake.dependencies import (
     enqueue_request,
     settle_dependents,
     supersede,
+    wait_on,
 )
 from hyperion.records import Record, Source, State, now_iso
 from hyperion.requests import (
@@ -103,6 +104,8 @@ def accept(app: App, data: bytes, source: Source, *, by: str = "intake") -> Outc
         policy_rules=list(decision.rules), source=source, original_sha256=digest,
         created_at=at, updated_at=at, waiting_for=[] if held else waiting,
         **request_fields(request, repo, app))
+    if not held:
+        wait_on(app, request.id, waiting)
     reason = f"accepted from {source.kind}; policy {decision.action.value}: {decision.reason}"
     if held:
         reason = f"held for approval from {source.kind}: {decision.reason}"

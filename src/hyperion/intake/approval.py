@@ -14,6 +14,7 @@ from hyperion.intake.dependencies import (
     fail_for_dependency,
     original_request,
     settle_dependents,
+    wait_on,
 )
 from hyperion.records import Record, State
 from hyperion.requests import ChangeRequest
@@ -42,6 +43,7 @@ def approve(app: App, record_id: str, *, by: str) -> Record:
         return fail_for_dependency(app, record_id, failed_dep, by=by, reason=(
             f"approved by {by}, but dependency {failed_dep} did not land"))
     if waiting:
+        wait_on(app, record_id, waiting)
         record = app.records.transition(record_id, State.QUEUED, by=by, waiting_for=waiting,
                                         reason=f"approved by {by}; waiting for "
                                         f"{', '.join(waiting)} to land")

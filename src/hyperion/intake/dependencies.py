@@ -10,6 +10,9 @@ start-up for whatever a killed process left half done.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from pathlib import Path
 
 from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo
@@ -83,13 +86,35 @@ def fail_for_dependency(app: App, record_id: str, dep_id: str, *, by: str,
     return failed
 
 
+def _index(app: App) -> Path:
+    return app.config.state_dir / "waiting"
+
+
+def wait_on(app: App, record_id: str, waiting: list[str]) -> None:
+    """Index ``record_id`` under each dependency it waits for (waiting/<dep>/<id>), before its
+    record says so: settling then lists one folder instead of reading every record. A crash
+    in between leaves an index entry without a waiting record, which settling skips."""
+    for dep in waiting:
+        folder = _index(app) / dep
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / record_id).touch()
+
+
 def settle_dependents(app: App, finished: Record) -> None:
     """After ``finished`` reached a terminal state: release or fail what waited for it."""
     if not finished.terminal:
         return
-    for record in app.records.all():
-        if record.state is State.QUEUED and finished.id in record.waiting_for:
+    folder = _index(app) / finished.id
+    try:
+        dependents = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return
+    for dependent in dependents:
+        record = app.records.get(dependent)
+        if record is not None and record.state is State.QUEUED and \
+                finished.id in record.waiting_for:
             _settle(app, record, finished)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _settle(app: App, record: Record, finished: Record) -> None:
@@ -109,10 +134,12 @@ def _settle(app: App, record: Record, finished: Record) -> None:
 
 
 def reconcile(app: App, records: list[Record]) -> None:
-    """Start-up: finish dependency hand-offs a killed process left half done."""
+    """Start-up: finish dependency hand-offs a killed process left half done (this one reads
+    every record, once)."""
     for record in records:
         if record.state is not State.QUEUED or app.spool.state_of(record.id) is not None:
             continue
+        wait_on(app, record.id, record.waiting_for)
         waiting, failed = blockers(app, record.id, record.waiting_for or record.depends_on)
         if failed is not None:
             dep = app.records.get(failed)

@@ -12,7 +12,12 @@ from hyperion.errors import GateError
 from hyperion.gate.policy import Action
 from hyperion.gate.verdict import judge, repo_name
 from hyperion.intake.accept import request_fields
-from hyperion.intake.dependencies import blockers, fail_for_dependency, original_request
+from hyperion.intake.dependencies import (
+    blockers,
+    fail_for_dependency,
+    original_request,
+    wait_on,
+)
 from hyperion.records import Record, State
 from hyperion.requests import ChangeRequest
 
@@ -56,6 +61,7 @@ def requeue(app: App, record_id: str, *, by: str, reason: str) -> Record:
     if failed_dep is not None:
         return fail_for_dependency(app, record_id, failed_dep, by=by,
                                    reason=f"{why}; dependency {failed_dep} did not land")
+    wait_on(app, record_id, waiting)
     if not waiting:
         payload = request.model_dump_json(by_alias=True).encode()
         if not app.spool.requeue(record_id, payload, reason=why):
