@@ -47,8 +47,6 @@ class CheckConfig(_Strict):
                                 description="Extra environment for this check only.")
 
 
-EVENTS = ("landed", "failed", "rejected", "held", "stuck", "rolled_back", "cancelled",
-          "notice", "system")
 Event = Literal["landed", "failed", "rejected", "held", "stuck", "rolled_back", "cancelled",
                 "notice", "system"]
 

@@ -100,10 +100,6 @@ class GitRepo:
     def branch_commit(self, branch: str) -> str | None:
         return self.resolve(f"refs/heads/{branch}")
 
-    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        return git(["merge-base", "--is-ancestor", ancestor, descendant], cwd=self.git_dir,
-                   check=False).returncode == 0
-
     def find_landed(self, request_id: str, tip: str, since: str | None) -> str | None:
         """The commit on ``tip``'s history (after ``since``) carrying this request's trailer."""
         rng = f"{since}..{tip}" if since else tip

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hyperion.errors import ErrorInfo
-from hyperion.fsutil import append_line, fsync_dir, write_atomic
+from hyperion.fsutil import append_line, write_atomic
 from hyperion.metrics import METRICS
 
 
@@ -137,9 +137,6 @@ class RecordStore:
         except ValidationError:
             return None
 
-    def exists(self, record_id: str) -> bool:
-        return self._path(record_id).exists()
-
     def create(self, record: Record, original: bytes, *, by: str, reason: str) -> bool:
         """Store a new record and its original bytes durably; False if the id is taken."""
         entry = HistoryEntry(at=record.created_at, from_=None, to=record.state, by=by,
@@ -193,9 +190,6 @@ class RecordStore:
         METRICS.inc("hyperion_requests_total", state=entry.to.value)
         line = {"id": record_id, **entry.model_dump(mode="json", by_alias=True)}
         append_line(self.audit_path, json.dumps(line, sort_keys=True).encode())
-
-    def sync(self) -> None:
-        fsync_dir(self.root)
 
 
 def _dump(record: Record) -> bytes:
