@@ -59,8 +59,9 @@ def test_patch_that_no_longer_applies_fails_apply_conflict(setup: Setup) -> None
     assert record["state"] == "failed"
     assert record["error"]["code"] == "apply_conflict"
     assert before[:12] in record["error"]["message"]
-    report = next(a for a in record["artifacts"] if a["name"] == "apply-conflict.txt")
-    assert "app.py" in Path(report["path"]).read_text()
+    report = next(a for a in record["artifacts"] if a["name"] == "conflict-report.json")
+    saved = json.loads(Path(report["path"]).read_text())
+    assert saved["target_sha"] == before and "app.py" in saved["apply_check"]
     assert setup.main_sha() == before
 
 

@@ -19,6 +19,7 @@ class App:
     records: RecordStore
     spool: Spool
     reporter: Reporter
+    dry_run: bool = False   # `hyperion run --dry-run`: apply and check, never land
 
     @classmethod
     def open(cls, config: Config) -> App:

@@ -245,6 +245,36 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if record.state.value in ("rejected", "failed") else EXIT_OK
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    import getpass
+
+    from hyperion.app import App
+    from hyperion.intake.accept import accept
+    from hyperion.records import State
+    from hyperion.rollback import RollbackRefused, rollback_request, source_for
+
+    app = App.open(_config(args))
+    by = args.by or getpass.getuser()
+    try:
+        _, data = rollback_request(app, args.id, by=by, reason=args.reason)
+    except RollbackRefused as exc:
+        print(f"hyperion: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    outcome = accept(app, data, source_for(args.id), by=by)
+    result = {"id": outcome.id, "rollback_of": args.id, "state": outcome.state.value,
+              "error": outcome.error.model_dump(mode="json", exclude={"detail"})
+              if outcome.error else None}
+
+    def text() -> str:
+        line = f"{outcome.id} {outcome.state.value} (reverts {args.id})"
+        if outcome.error:
+            line += f": {outcome.error.code.value}: {outcome.error.message}"
+        return line
+
+    _emit(args, result, text)
+    return EXIT_PROBLEM if outcome.state in (State.REJECTED, State.FAILED) else EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from hyperion.app import App
     from hyperion.daemon import run_forever, run_once
@@ -252,6 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     _configure_logging(args, config)
     app = App.open(config)
+    app.dry_run = args.dry_run
     workers = args.workers or config.workers
     if args.once:
         run_once(app, workers=workers)
@@ -525,7 +556,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         artifacts += [{"name": p.name, "path": str(p)} for p in sorted(artifacts_dir.iterdir())]
     data = record_summary(record) | {
         "agent": record.agent, "base": record.base, "base_commit": record.base_commit,
-        "applied_onto": record.applied_onto,
+        "applied_onto": record.applied_onto, "apply_method": record.apply_method,
+        "landed_ref": record.landed_ref, "result_commit": record.result_commit,
+        "rolled_back_by": record.rolled_back_by, "timings": record.timings,
         "error": record.error.model_dump(mode="json") if record.error else None,
         "source": record.source.model_dump(mode="json"),
         "checks": [c.model_dump(mode="json") for c in record.checks],
@@ -541,9 +574,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                  f"({record.source.name})",
                  f"  attempts: {record.attempts}"]
         if record.applied_onto:
-            lines.append(f"  applied onto: {record.applied_onto}")
+            how = f" ({record.apply_method})" if record.apply_method else ""
+            lines.append(f"  applied onto: {record.applied_onto}{how}")
         if record.landed_commit:
-            lines.append(f"  landed:   {record.landed_commit}")
+            where = f" on {record.landed_ref}" if record.landed_ref else ""
+            lines.append(f"  landed:   {record.landed_commit}{where}")
+        if record.result_commit:
+            lines.append(f"  verified: {record.result_commit} (dry run, not landed)")
+        if record.rolled_back_by:
+            lines.append(f"  rolled back by: {record.rolled_back_by}")
+        if record.timings:
+            steps = ", ".join(f"{k} {v:.2f} s" for k, v in record.timings.items())
+            lines.append(f"  timings:  {steps}")
         if record.error:
             where = f" [{record.error.path}]" if record.error.path else ""
             lines.append(f"  error:    {record.error.code.value}{where}: {record.error.message}")
@@ -611,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true",
                    help="ingest what waits, process until nothing is ready or running, exit")
     p.add_argument("--workers", type=int, help="worker threads (default: config `workers`)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="apply and check every request, land none (they end `verified`)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("approve", parents=[common, fmt], help="let a held request proceed")
@@ -658,6 +702,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True)
     p.add_argument("--by", help="who requeues (default: the current user)")
     p.set_defaults(func=cmd_requeue)
+
+    p = sub.add_parser("rollback", parents=[common, fmt],
+                       help="revert a landed request on its target, through the pipeline")
+    p.add_argument("id")
+    p.add_argument("--reason", default="rolled back by hand", help="why (goes in the commit)")
+    p.add_argument("--by", help="who rolls back (default: the current user)")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("list", parents=[common, fmt], help="records, newest first")
     p.add_argument("--state")

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -31,6 +38,12 @@ class _Strict(BaseModel):
 class RepoConfig(_Strict):
     path: Path = Field(description="A git repository, bare or with a working tree.")
     target: str = Field("main", description="Default target branch.", min_length=1)
+    land: Literal["ref", "branch", "push"] = Field("ref", description=(
+        "ref: move the target branch; branch: create hyperion/<id> for a person to merge; "
+        "push: push to `remote` with a lease on the tip the checks ran on."))
+    remote: str | None = Field(None, min_length=1, description=(
+        "With land: push, the remote (a name configured in the repository, or a URL) whose "
+        "target branch is fetched before each attempt and pushed to on landing."))
 
     @field_validator("target")
     @classmethod
@@ -39,16 +52,50 @@ class RepoConfig(_Strict):
             raise ValueError(f"{value!r} is not a usable branch name")
         return value
 
+    @field_validator("remote")
+    @classmethod
+    def _remote_name(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("-") or any(ord(c) < 32 for c in value)):
+            raise ValueError(f"{redact_url(value)!r} is not a usable remote")
+        return value
+
+    @model_validator(mode="after")
+    def _push_needs_remote(self) -> RepoConfig:
+        if self.land == "push" and self.remote is None:
+            raise ValueError("land: push needs a `remote` to push to")
+        return self
+
+
+class CheckLimits(_Strict):
+    """Resource limits (setrlimit) of a check's processes; each child inherits them."""
+
+    cpu_s: int | None = Field(None, ge=1, description="CPU seconds (RLIMIT_CPU).")
+    memory_mb: int | None = Field(None, ge=16, description="Address space (RLIMIT_AS), MiB.")
+    file_size_mb: int | None = Field(None, ge=1, description=(
+        "Largest file a check may write (RLIMIT_FSIZE), MiB."))
+    processes: int | None = Field(None, ge=1, description=(
+        "Processes of the user running hyperion (RLIMIT_NPROC; counts all of them)."))
+    open_files: int | None = Field(None, ge=16, description="Open descriptors (RLIMIT_NOFILE).")
+
+    def as_rlimits(self) -> dict[str, int]:
+        """The limits by the names hyperion.run takes."""
+        mib = 1024 * 1024
+        named = {"cpu": self.cpu_s, "as": self.memory_mb and self.memory_mb * mib,
+                 "fsize": self.file_size_mb and self.file_size_mb * mib,
+                 "nproc": self.processes, "nofile": self.open_files}
+        return {name: value for name, value in named.items() if value}
+
 
 class CheckConfig(_Strict):
     run: list[str] = Field(min_length=1, description="argv list; never run through a shell.")
     timeout_s: float = Field(600, gt=0, le=24 * 3600)
     env: dict[str, str] = Field(default_factory=dict,
                                 description="Extra environment for this check only.")
+    limits: CheckLimits | None = None
 
 
 Event = Literal["landed", "failed", "rejected", "held", "stuck", "rolled_back", "cancelled",
-                "notice", "system"]
+                "verified", "notice", "system"]
 
 
 class NotifyTarget(_Strict):

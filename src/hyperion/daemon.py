@@ -29,12 +29,14 @@ from hyperion.config import ConfigError, load_config
 from hyperion.instances import Registration
 from hyperion.intake.dependencies import reconcile
 from hyperion.intake.inbox import Inbox, InboxWatcher
+from hyperion.landing import recover_checkouts
 from hyperion.metrics import METRICS, MetricsServer
 from hyperion.records import now_iso
 from hyperion.report import Reporter
+from hyperion.rollback import reconcile_rollbacks
 from hyperion.run import abort_all
 from hyperion.sdnotify import Notifier
-from hyperion.worker import Worker, prune_worktrees, recover_checkouts
+from hyperion.worker import Worker, prune_worktrees
 
 log = logging.getLogger("hyperion.daemon")
 
@@ -61,6 +63,7 @@ def _recover(app: App) -> None:
         if _timestamp(record.updated_at) >= cutoff and app.reporter.outcome(record):
             requeued += 1
     reconcile(app, records)
+    reconcile_rollbacks(app, records)
     if swept or pruned or requeued:
         log.warning("recovered after an unclean stop: %d lease(s) requeued, %d worktree(s) "
                     "removed, %d notification(s) queued", swept, pruned, requeued)

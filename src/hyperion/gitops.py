@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,8 @@ def git(args: Sequence[str], *, cwd: Path, input: bytes | None = None,
     return proc
 
 
-def _out(args: Sequence[str], *, cwd: Path) -> str:
-    return git(args, cwd=cwd).stdout.decode().strip()
+def _out(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> str:
+    return git(args, cwd=cwd, env=env).stdout.decode().strip()
 
 
 def commit_message(title: str, body: str, request_id: str) -> str:
@@ -79,6 +80,26 @@ class Checkout:
 
     toplevel: Path
     branch: str | None
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What git merge-tree made of two commits: a tree (with conflict markers in the files
+    that conflict), the conflicted paths, and git's conflict messages."""
+
+    tree: str
+    conflicted: tuple[str, ...]
+    messages: tuple[str, ...]
+
+    @property
+    def clean(self) -> bool:
+        return not self.conflicted
+
+
+@dataclass(frozen=True)
+class PushRefusal:
+    stale: bool      # the remote branch was not where we expected: re-apply and retry
+    detail: str
 
 
 class GitRepo:
@@ -111,6 +132,12 @@ class GitRepo:
                 return sha
         return None
 
+    def diff(self, old: str, new: str) -> str:
+        """The patch from ``old`` to ``new`` as git apply takes it (binary, renames found)."""
+        return git(["diff", "--binary", "--full-index", "--no-color", "--no-ext-diff",
+                    "--no-textconv", "-M", old, new, "--"],
+                   cwd=self.git_dir).stdout.decode("utf-8", errors="surrogateescape")
+
     def checkout(self) -> Checkout | None:
         """The repository's own working tree, unless bare."""
         if self.bare:
@@ -129,6 +156,47 @@ class GitRepo:
         git(["worktree", "remove", "--force", "--force", str(path)], cwd=self.git_dir,
             check=False)
         self.prune_worktrees()
+
+    def worktree_reset(self, path: Path, commit: str) -> str | None:
+        """Bring a reused worktree back to ``commit`` with nothing else in it. None when done,
+        else why it cannot be trusted (then it must be removed and added afresh).
+
+        A check ran arbitrary code in it, so it is checked, not assumed: its ``.git`` file
+        must still lead to its own admin folder in this repository and back, and afterwards
+        nothing may be modified, staged, untracked or ignored."""
+        reason = self.worktree_link_problem(path)
+        if reason is not None:
+            return reason
+        for args in (["checkout", "--force", "--detach", commit],
+                     ["clean", "-ffdxq"]):
+            proc = git(args, cwd=path, check=False)
+            if proc.returncode != 0:
+                return f"git {args[0]} failed: {proc.stderr.decode(errors='replace')[:200]}"
+        if self.checkout_head(path) != commit:
+            return "HEAD is not the wanted commit after checkout"
+        status = git(["status", "--porcelain=v1", "-z", "--ignored", "--untracked-files=all"],
+                     cwd=path, check=False)
+        if status.returncode != 0 or status.stdout:
+            return "files remain modified or untracked after the reset"
+        return None
+
+    def worktree_link_problem(self, path: Path) -> str | None:
+        try:
+            text = (path / ".git").read_text()
+        except (OSError, UnicodeDecodeError):
+            return "its .git file is missing or unreadable"
+        if (path / ".git").is_symlink() or not text.startswith("gitdir: "):
+            return "its .git is not a gitdir file"
+        admin = Path(text[len("gitdir: "):].strip())
+        if admin.resolve().parent != (self.git_dir / "worktrees").resolve():
+            return "its .git file points outside this repository's worktrees"
+        try:
+            back = Path((admin / "gitdir").read_text().strip())
+        except OSError:
+            return "git no longer knows this worktree"
+        if back.resolve() != (path / ".git").resolve():
+            return "git registers this worktree for another folder"
+        return None
 
     def prune_worktrees(self) -> None:
         """Forget worktrees whose folders are gone."""
@@ -157,11 +225,113 @@ class GitRepo:
         git(["update-ref", "--no-deref", "HEAD", sha], cwd=worktree)
         return sha
 
+    # -- three-way fallback (no worktree needed)
+    def apply_to_commit(self, base: str, patch: str) -> tuple[str | None, str]:
+        """The tree of ``base`` with ``patch`` applied, in a private index: (tree, "") or
+        (None, git's reason)."""
+        with tempfile.TemporaryDirectory(prefix="hyperion-index-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            git(["read-tree", base], cwd=self.git_dir, env=env)
+            proc = git(["apply", "--cached", "--whitespace=nowarn", "-"], cwd=self.git_dir,
+                       input=patch.encode(), env=env, check=False)
+            if proc.returncode != 0:
+                return None, proc.stderr.decode(errors="replace").strip()
+            return _out(["write-tree"], cwd=self.git_dir, env=env), ""
+
+    def commit_tree(self, tree: str, parent: str, message: str,
+                    author: tuple[str, str]) -> str:
+        env = {"GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1],
+               "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
+        return git(["commit-tree", tree, "-p", parent, "-F", "-"], cwd=self.git_dir,
+                   input=message.encode(), env=env).stdout.decode().strip()
+
+    def merge_trees(self, ours: str, theirs: str) -> MergeResult:
+        """Merge two commits without touching any working tree (git merge-tree)."""
+        proc = git(["merge-tree", "--write-tree", "-z", "--name-only", "--messages", ours,
+                    theirs], cwd=self.git_dir, check=False)
+        if proc.returncode not in (0, 1):
+            raise GitError(["merge-tree"], proc.returncode, proc.stderr.decode(errors="replace"))
+        fields = proc.stdout.decode(errors="surrogateescape").split("\0")
+        tree, rest = fields[0], fields[1:]
+        conflicted: list[str] = []
+        while rest and rest[0] != "":
+            conflicted.append(rest.pop(0))
+        rest = rest[1:]
+        messages: list[str] = []
+        while len(rest) >= 3 and rest[0].isdigit():
+            count = int(rest[0])
+            kind, text = rest[1 + count], rest[2 + count]
+            if kind.startswith("CONFLICT"):
+                messages.append(text.strip())
+            rest = rest[3 + count:]
+        return MergeResult(tree=tree, conflicted=tuple(dict.fromkeys(conflicted)),
+                           messages=tuple(messages))
+
+    def blob_bytes(self, tree: str, path: str) -> bytes:
+        """The content of ``path`` in ``tree`` (a symlink's target), or b"" when absent."""
+        proc = git(["cat-file", "blob", f"{tree}:{path}"], cwd=self.git_dir, check=False)
+        return proc.stdout if proc.returncode == 0 else b""
+
+    def blob_text(self, tree: str, path: str, limit: int = 1 << 20) -> str:
+        return self.blob_bytes(tree, path)[:limit].decode(errors="replace")
+
+    @staticmethod
+    def load_tree(worktree: Path, old: str, tree: str) -> None:
+        """Make the worktree's index and files ``tree`` (from the commit ``old`` it is at)."""
+        git(["read-tree", "-u", "-m", old, tree], cwd=worktree)
+
     # -- landing
     def compare_and_swap(self, branch: str, new: str, old: str, reason: str) -> bool:
         proc = git(["update-ref", "-m", reason, f"refs/heads/{branch}", new, old],
                    cwd=self.git_dir, check=False)
         return proc.returncode == 0
+
+    def carries_request(self, commit: str, request_id: str) -> bool:
+        """Whether ``commit``'s message has this request's trailer."""
+        out = _out(["log", "-1", f"--format=%(trailers:key={TRAILER},valueonly)", commit, "--"],
+                   cwd=self.git_dir)
+        return request_id in out.split()
+
+    def create_branch(self, branch: str, commit: str, reason: str) -> bool:
+        """Create ``branch`` at ``commit``; False if it exists already."""
+        proc = git(["update-ref", "-m", reason, f"refs/heads/{branch}", commit, ""],
+                   cwd=self.git_dir, check=False)
+        return proc.returncode == 0
+
+    def set_ref(self, ref: str, commit: str) -> None:
+        git(["update-ref", ref, commit], cwd=self.git_dir)
+
+    def fetch_branch(self, remote: str, branch: str, into: str) -> str | None:
+        """Fetch ``branch`` of ``remote`` into the ref ``into``; its commit, or None when the
+        remote has no such branch. Raises GitError when the remote cannot be reached."""
+        proc = git(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", remote,
+                    f"+refs/heads/{branch}:{into}"], cwd=self.git_dir, check=False)
+        if proc.returncode != 0:
+            stderr = proc.stderr.decode(errors="replace")
+            if "couldn't find remote ref" in stderr:
+                return None
+            raise GitError(["fetch", remote], proc.returncode, stderr)
+        return self.resolve(into)
+
+    def push_cas(self, remote: str, commit: str, branch: str, old: str) -> PushRefusal | None:
+        """Push ``commit`` to ``branch`` of ``remote`` only if it is still at ``old``.
+
+        None when it landed. A PushRefusal says whether the remote moved (``stale``) or
+        refused for its own reasons (a hook, a protected branch). Raises GitError when the
+        remote cannot be reached at all."""
+        ref = f"refs/heads/{branch}"
+        proc = git(["push", "--atomic", "--porcelain", "--no-verify",
+                    f"--force-with-lease={ref}:{old}", "--", remote, f"{commit}:{ref}"],
+                   cwd=self.git_dir, check=False)
+        if proc.returncode == 0:
+            return None
+        out = proc.stdout.decode(errors="replace")
+        lines = [line for line in out.splitlines() if line.startswith("!")]
+        if not lines:
+            raise GitError(["push", remote], proc.returncode, proc.stderr.decode(errors="replace"))
+        detail = lines[0].split("\t")[-1]
+        stale = "remote rejected" not in detail
+        return PushRefusal(stale=stale, detail=detail.strip())
 
     @staticmethod
     def checkout_dirty(top: Path) -> str | None:

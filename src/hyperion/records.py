@@ -34,10 +34,11 @@ class State(StrEnum):
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
     CANCELLED = "cancelled"
+    VERIFIED = "verified"     # a dry run: applied and checked green, never landed
 
 
 TERMINAL = frozenset({State.LANDED, State.REJECTED, State.FAILED, State.ROLLED_BACK,
-                      State.CANCELLED})
+                      State.CANCELLED, State.VERIFIED})
 
 
 def now_iso() -> str:
@@ -52,6 +53,7 @@ class HistoryEntry(BaseModel):
     to: State
     by: str
     reason: str
+    timings: dict[str, float] | None = None   # seconds per step of the attempt that ended here
 
 
 class CheckResult(BaseModel):
@@ -65,7 +67,7 @@ class CheckResult(BaseModel):
 
 
 class Source(BaseModel):
-    kind: str          # "inbox" | "cli"
+    kind: str          # "inbox" | "cli" | "rollback" (name: the request reverted)
     name: str          # the file it came from
 
 
@@ -85,6 +87,11 @@ class Record(BaseModel):
     base_commit: str | None = None
     applied_onto: str | None = None
     landed_commit: str | None = None
+    landed_ref: str | None = None      # where it landed, when not the target branch itself
+    result_commit: str | None = None   # a dry run's commit, checked but never landed
+    apply_method: str | None = None    # "clean" or "3way"
+    timings: dict[str, float] = Field(default_factory=dict)   # the last attempt's steps
+    rolled_back_by: str | None = None  # the request that reverted this one
     checks: list[CheckResult] = Field(default_factory=list)
     policy_rules: list[str] = Field(default_factory=list)
     depends_on: list[str] = Field(default_factory=list)
@@ -152,13 +159,16 @@ class RecordStore:
         return True
 
     def transition(self, record_id: str, to: State, *, by: str, reason: str,
-                   **updates: Any) -> Record:
+                   timings: dict[str, float] | None = None, **updates: Any) -> Record:
         with self._locked():
             record = self.get(record_id)
             if record is None:
                 raise KeyError(record_id)
             at = now_iso()
-            entry = HistoryEntry(at=at, from_=record.state, to=to, by=by, reason=reason)
+            entry = HistoryEntry(at=at, from_=record.state, to=to, by=by, reason=reason,
+                                 timings=timings or None)
+            if timings:
+                updates["timings"] = timings
             record = record.model_copy(update={
                 **updates, "state": to, "updated_at": at,
                 "history": [*record.history, entry]})

@@ -38,6 +38,7 @@ NOTIFY_TYPES = {
     State.HELD: "warning",
     State.ROLLED_BACK: "info",
     State.CANCELLED: "info",
+    State.VERIFIED: "success",
 }
 # Plain URLs carry this tag so that routed events (tag=[...]) still reach them.
 EVERY_EVENT_TAG = "hyperion-every-event"

@@ -64,6 +64,8 @@ class ChangeRequest(_Model):
         "An older request this one replaces: cancelled if it is still queued or held."))
     not_before: AwareDatetime | None = Field(None, description=(
         "Do not start before this time (ISO 8601 with a time zone)."))
+    dry_run: bool = Field(False, description=(
+        "Apply and run the checks, but never land: the request ends `verified`."))
 
 
 class TaskRequest(_Model):

@@ -24,8 +24,10 @@ import contextlib
 import errno
 import os
 import selectors
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +40,7 @@ __all__ = ["RunResult", "abort_all", "run_command", "scrubbed_env"]
 #: Variables of the daemon's environment that a child may see (besides ``LC_*``).
 KEPT_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 
+_LIMIT_NAMES = frozenset({"cpu", "as", "fsize", "nproc", "nofile"})
 _READ_CHUNK = 64 * 1024
 #: Longest wait for the pipe to reach end-of-file once the child is gone and its group killed.
 _DRAIN_AFTER_EXIT_S = 0.5
@@ -97,11 +100,14 @@ def scrubbed_env(extra: Mapping[str, str] | None = None, *,
 def run_command(argv: Sequence[str], *, cwd: Path, timeout_s: float, output_path: Path,
                 env: Mapping[str, str] | None = None,
                 max_output_bytes: int = 8 * 1024 * 1024, tail_bytes: int = 4096,
-                kill_grace_s: float = 3.0) -> RunResult:
+                kill_grace_s: float = 3.0,
+                limits: Mapping[str, int] | None = None) -> RunResult:
     """Run ``argv`` in ``cwd`` to completion or until ``timeout_s``; never raises for a child
     that cannot start (see :attr:`RunResult.start_error`).
 
-    ``env`` is the child's full environment (default :func:`scrubbed_env`). Raises
+    ``env`` is the child's full environment (default :func:`scrubbed_env`). ``limits`` are
+    resource limits the child and everything it starts inherit, by name: ``cpu`` (seconds),
+    ``as`` (bytes of address space), ``fsize`` (bytes), ``nproc``, ``nofile``. Raises
     :class:`ValueError` for an empty argv, a non-str item, or a nonsensical limit.
     """
     args = _check_argv(argv)
@@ -116,7 +122,7 @@ def run_command(argv: Sequence[str], *, cwd: Path, timeout_s: float, output_path
     started = time.monotonic()
     with open(output_path, "wb") as out:
         try:
-            proc = _spawn(args, cwd, child_env)
+            proc = _spawn(_with_limits(args, limits, child_env), cwd, child_env)
         except OSError as exc:
             message = _start_error(exc, args, cwd)
             out.write(f"[hyperion: could not start: {message}]\n".encode())
@@ -179,9 +185,26 @@ def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
     return args
 
 
+def _with_limits(args: tuple[str, ...], limits: Mapping[str, int] | None,
+                 env: Mapping[str, str]) -> tuple[str, ...]:
+    """The argv that starts ``args`` under ``limits``: through rlimit_exec.py, which sets them
+    and then execs the command (so the limits bind the check and all it starts)."""
+    if not limits:
+        return args
+    if shutil.which(args[0], path=env.get("PATH", os.defpath)) is None:
+        raise FileNotFoundError(errno.ENOENT, "not found", args[0])
+    spec = [f"{name}={int(value)}" for name, value in sorted(limits.items())]
+    for item in spec:
+        if item.split("=", 1)[0] not in _LIMIT_NAMES:
+            raise ValueError(f"unknown resource limit {item.split('=', 1)[0]!r}")
+    launcher = str(Path(__file__).with_name("rlimit_exec.py"))
+    return (sys.executable, "-I", "-S", launcher, *spec, "--", *args)
+
+
 def _spawn(args: tuple[str, ...], cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start the child. Resource limits (CPU, memory, processes: a later issue) go here,
-    e.g. as ``resource.prlimit`` on the new pid or by starting the child inside a cgroup."""
+    """Start the child in a new session (its own process group). Resource limits are set by
+    the launcher of :func:`_with_limits`; a cgroup would also contain processes that leave
+    the group, which this does not."""
     return subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
                             close_fds=True, start_new_session=True)

@@ -48,6 +48,7 @@ _STATE_STYLE = {
     State.QUEUED: "", State.RUNNING: "bold cyan", State.HELD: "bold yellow",
     State.LANDED: "green", State.REJECTED: "red", State.FAILED: "bold red",
     State.ROLLED_BACK: "magenta", State.CANCELLED: "dim",
+    State.VERIFIED: "cyan",
 }
 
 

@@ -2,40 +2,42 @@
 
 A worker never trusts the spool payload more than intake did: it re-parses it into the typed
 model. Outcomes:
-- landed: the target ref moved to our commit by compare-and-swap (ack);
-- failed: apply_conflict, hash_mismatch, check_failed, timeout, land_conflict (bury);
+- landed: the commit landed (see landing.py for the modes) and the lease is acked;
+- verified: a dry run, applied and checked green, never landed (acked);
+- failed: apply_conflict, hash_mismatch, check_failed, timeout, land_conflict (buried);
 - retried: the target moved under us, or an internal error, while attempts remain.
 Exactly-once landing: before applying again after an earlier attempt, the worker looks for a
-commit with this request's trailer on the target and, if found, finishes as landed.
+commit with this request's trailer where it would have landed and, if found, finishes as landed.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import logging
 import os
 import random
-import secrets
 import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from hyperion import landing
 from hyperion.app import App
+from hyperion.apply import ApplyConflict, apply_patch, render_report
 from hyperion.errors import Code, ErrorInfo
-from hyperion.fsutil import write_atomic
 from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
 from hyperion.intake.dependencies import settle_dependents
-from hyperion.metrics import METRICS
+from hyperion.outcome import Failed, Result, Retry, Timings
+from hyperion.pool import WorktreePool
 from hyperion.records import CheckResult, Record, State
 from hyperion.requests import ChangeRequest
+from hyperion.rollback import settle_rollback
 from hyperion.run import run_command, scrubbed_env
 from hyperion.spool import Lease, LeaseLost
+
+__all__ = ["Failed", "Retry", "Worker", "backoff", "prune_worktrees"]
 
 log = logging.getLogger("hyperion.worker")
 
@@ -43,39 +45,6 @@ LEASE_TTL_S = 60.0
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 300.0
 MAX_RACES = 50
-_land_locks: dict[str, threading.Lock] = {}
-_land_locks_guard = threading.Lock()
-
-
-@contextmanager
-def _stage(name: str) -> Iterator[None]:
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        METRICS.observe("hyperion_stage_seconds", time.monotonic() - started, stage=name)
-
-
-class Failed(Exception):
-    """The request cannot land: a final outcome, not an error of hyperion's."""
-
-    def __init__(self, code: Code, message: str, path: str | None = None) -> None:
-        super().__init__(message)
-        self.info = ErrorInfo(code=code, message=message, path=path)
-
-
-class Retry(Exception):
-    """Try again later (the target moved, or something transient went wrong).
-
-    A lost race to land (``race=True``) is progress, not failure: it does not count against
-    ``max_attempts``, only against the safety cap MAX_RACES."""
-
-    def __init__(self, info: ErrorInfo, delay_s: float | None = None, *,
-                 race: bool = False) -> None:
-        super().__init__(info.message)
-        self.info = info
-        self.delay_s = delay_s
-        self.race = race
 
 
 def backoff(attempts: int) -> float:
@@ -122,7 +91,11 @@ class Heartbeat:
 
 
 def prune_worktrees(app: App) -> int:
-    """Remove worktrees whose creating process is gone (killed mid-request). Returns how many."""
+    """Start-up: remove worktrees nobody can use any more. Returns how many.
+
+    Pool slots (pool.py) that fail their guard, folders of repositories no longer configured,
+    and the per-request worktrees (``<id>~<pid>~<random>``) of earlier versions whose
+    process is gone."""
     root = app.worktrees_dir()
     if not root.is_dir():
         return 0
@@ -133,50 +106,13 @@ def prune_worktrees(app: App) -> int:
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed += 1
-    if removed:
-        for repo in app.config.repos.values():
-            try:
-                GitRepo(repo.path).prune_worktrees()
-            except GitError as exc:
-                log.warning("cannot prune worktrees of %s: %s", repo.path, exc)
-    return removed
-
-
-def recover_checkout(app: App, repo_name: str, repo: GitRepo) -> None:
-    """Finish or undo a move of a repository's own checkout that a crash interrupted.
-
-    If the branch reached the new commit, the land happened and the checkout is there too.
-    If not, the checkout is moved back to the old commit (a no-op if it never moved), so the
-    user's working tree always matches its branch. Call with the repo's land lock held."""
-    intent = app.locks_dir() / f"land-{repo_name}.intent"
-    try:
-        data = json.loads(intent.read_text())
-    except FileNotFoundError:
-        return
-    except ValueError:
-        intent.unlink(missing_ok=True)
-        return
-    if repo.branch_commit(data["branch"]) != data["new"]:
-        refused = repo.move_checkout(Path(data["top"]), data["new"], data["old"])
-        if refused is not None:
-            log.error("the checkout %s was left between %s and %s by a crash and cannot be "
-                      "moved back (%s): fix it by hand, e.g. git read-tree -u -m %s %s",
-                      data["top"], data["old"][:12], data["new"][:12], refused[:200],
-                      data["new"], data["old"])
-            return
-        log.warning("moved the checkout %s back to %s after an interrupted land",
-                    data["top"], data["old"][:12])
-    intent.unlink(missing_ok=True)
-
-
-def recover_checkouts(app: App) -> None:
-    """Start-up: recover_checkout() for every repository, under its land lock."""
-    for name, config in app.config.repos.items():
-        intent = app.locks_dir() / f"land-{name}.intent"
-        if not intent.exists():
-            continue
-        with Worker(app, "recovery")._land_lock(name):
-            recover_checkout(app, name, GitRepo(config.path))
+    repos: dict[str, GitRepo] = {}
+    for name, repo in app.config.repos.items():
+        try:
+            repos[name] = GitRepo(repo.path)
+        except GitError as exc:
+            log.warning("cannot prune worktrees of %s: %s", repo.path, exc)
+    return removed + WorktreePool(root).prune(repos)
 
 
 def _alive(pid: int) -> bool:
@@ -236,88 +172,102 @@ class Worker:
         record = records.transition(record.id, State.RUNNING, by=self.name,
                                     reason=f"attempt {lease.attempts + 1}{died}",
                                     attempts=lease.attempts + 1, crashes=crashes, error=None)
+        timings = Timings()
         try:
-            landed = self._attempt(request, record, beat)
+            result = self._attempt(request, record, timings)
         except Failed as exc:
-            self._finish(beat, record, State.FAILED, exc.info)
+            self._finish(beat, record, State.FAILED, exc.info, timings=timings)
         except Retry as exc:
-            self._retry(beat, record, exc.info, exc.delay_s, race=exc.race)
+            self._retry(beat, record, exc.info, exc.delay_s, race=exc.race, timings=timings)
         except (GitError, OSError) as exc:
             self._retry(beat, record, ErrorInfo(
                 code=Code.INTERNAL_ERROR,
                 message=f"hyperion hit an error it did not expect ({type(exc).__name__}: "
-                f"{str(exc)[:300]}); the request is kept"), None)
+                f"{str(exc)[:300]}); the request is kept"), None, timings=timings)
         except Exception as exc:
             log.exception("internal error on %s", record.id, extra={"request_id": record.id})
             self._retry(beat, record, ErrorInfo(
                 code=Code.INTERNAL_ERROR, message=f"a bug in hyperion ({type(exc).__name__}); "
-                "the request is kept and will be retried"), None)
+                "the request is kept and will be retried"), None, timings=timings)
         else:
             current = records.get(record.id) or record
-            self._finish(beat, current, State.LANDED, None, landed_commit=landed)
+            if result.state is State.VERIFIED:
+                self._finish(beat, current, State.VERIFIED, None, timings=timings,
+                             result_commit=result.commit)
+            else:
+                self._finish(beat, current, State.LANDED, None, timings=timings,
+                             landed_commit=result.commit, landed_ref=result.ref)
 
-    def _attempt(self, request: ChangeRequest, record: Record, beat: Heartbeat) -> str:
+    def _attempt(self, request: ChangeRequest, record: Record, timings: Timings) -> Result:
         assert record.repo is not None and record.target is not None
         repo_config = self.app.config.repos.get(record.repo)
         if repo_config is None:
             raise Failed(Code.LAND_CONFLICT, f"the repo {record.repo!r} is no longer configured")
         repo = GitRepo(repo_config.path)
         target = record.target
-        tip = repo.branch_commit(target)
-        if tip is None:
-            raise Failed(Code.LAND_CONFLICT, f"the target branch {target!r} does not exist in "
-                         f"{repo_config.path}", path="target")
-        if record.applied_onto is not None:
-            earlier = repo.find_landed(record.id, tip, since=record.applied_onto)
-            if earlier is not None:
-                log.info("%s had already landed as %s before a restart", record.id, earlier,
-                         extra={"request_id": record.id})
-                return earlier
-        base_commit = repo.resolve(request.base) if request.base else tip
-        # The pid in the name lets a later start-up remove what a killed process left behind.
-        worktree = self.app.worktrees_dir() / f"{record.id}~{os.getpid()}~{secrets.token_hex(3)}"
-        worktree.parent.mkdir(parents=True, exist_ok=True)
-        with _stage("prepare"):
-            repo.worktree_add(worktree, tip)
-        try:
+        lander = landing.for_repo(self.app, record.repo, repo_config, repo)
+        with ExitStack() as stack:
+            with timings.step("prepare"):
+                tip = lander.tip(target)
+                if tip is None:
+                    raise Failed(Code.LAND_CONFLICT, f"the target branch {target!r} does not "
+                                 f"exist in {lander.where}", path="target")
+                earlier = lander.already_landed(record, tip)
+                if earlier is not None:
+                    log.info("%s had already landed as %s before a restart", record.id,
+                             earlier, extra={"request_id": record.id})
+                    return Result(State.LANDED, earlier, lander.landed_ref(record))
+                base_commit = repo.resolve(request.base) if request.base else tip
+                if base_commit is None:
+                    raise Failed(Code.APPLY_CONFLICT, f"the base {request.base!r} is not a "
+                                 "commit in the repository", path="base")
+                pool = WorktreePool(self.app.worktrees_dir())
+                worktree = stack.enter_context(pool.checkout(record.repo, repo, tip))
             assert request.patch is not None
-            with _stage("apply"):
-                reason = repo.apply_check(worktree, request.patch)
-            if reason is not None:
-                self._save_artifact(record.id, "apply-conflict.txt",
-                                    f"target: {target} at {tip}\nbase: {request.base}\n\n"
-                                    f"git apply --check said:\n{reason}\n")
-                first = reason.splitlines()[0] if reason else "no reason given"
-                raise Failed(Code.APPLY_CONFLICT, f"the patch does not apply to {target} at "
-                             f"{tip[:12]} ({first[:200]}); rebase it onto the current {target}")
-            with _stage("apply"):
-                repo.apply(worktree, request.patch)
-                self._check_hashes(request, worktree)
+            with timings.step("apply"):
+                try:
+                    applied = apply_patch(
+                        repo, worktree, request.patch, tip=tip, base_commit=base_commit,
+                        want_own_tree=any(c.sha256 for c in request.changes))
+                except ApplyConflict as exc:
+                    self._save_artifact(record.id, "conflict-report.json", render_report(
+                        record.id, target, request.base, exc.report))
+                    raise Failed(Code.APPLY_CONFLICT, exc.message) from None
+                self._check_hashes(request, worktree, repo, applied.own_tree)
                 message = commit_message(request.title, request.body, request.id)
                 commit = repo.commit(worktree, tip, message, author_identity(request.agent))
-            self.app.records.update(record.id, applied_onto=tip, base_commit=base_commit)
-            self._run_checks(request, record, worktree)
-            with _stage("land"):
-                self._land(repo, record, target, commit, tip)
-            return commit
-        finally:
-            repo.worktree_remove(worktree)
+            self.app.records.update(record.id, applied_onto=tip, base_commit=base_commit,
+                                    apply_method=applied.method)
+            self._run_checks(request, record, worktree, timings)
+        if self.app.dry_run or request.dry_run:
+            return Result(State.VERIFIED, commit)
+        with timings.step("land"):
+            self._land(lander, record, target, commit, tip)
+        return Result(State.LANDED, commit, lander.landed_ref(record))
 
-    def _check_hashes(self, request: ChangeRequest, worktree: Path) -> None:
+    @staticmethod
+    def _check_hashes(request: ChangeRequest, worktree: Path, repo: GitRepo,
+                      own_tree: str | None) -> None:
+        """The manifest's sha256 values against the patch's result: the worktree's files, or
+        after a 3-way merge the patch applied to its own base (``own_tree``)."""
         for i, entry in enumerate(request.changes):
             if entry.sha256 is None:
                 continue
-            path = worktree / entry.path
-            try:
-                data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
-            except OSError:
-                data = b""
+            if own_tree is not None:
+                data = repo.blob_bytes(own_tree, entry.path)
+            else:
+                path = worktree / entry.path
+                try:
+                    data = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+                except OSError:
+                    data = b""
             if hashlib.sha256(data).hexdigest() != entry.sha256:
                 raise Failed(Code.HASH_MISMATCH, f"after applying, {entry.path!r} does not have "
                              "the sha256 the manifest gives; regenerate the patch and manifest "
                              "together", path=f"changes[{i}].sha256")
 
-    def _run_checks(self, request: ChangeRequest, record: Record, worktree: Path) -> None:
+    def _run_checks(self, request: ChangeRequest, record: Record, worktree: Path,
+                    timings: Timings | None = None) -> None:
         results: list[CheckResult] = []
         for name in request.checks:
             check = self.app.config.checks.get(name)
@@ -327,8 +277,9 @@ class Worker:
             artifact = f"check-{name}-attempt{record.attempts}.log"
             result = run_command(check.run, cwd=worktree, timeout_s=check.timeout_s,
                                  output_path=self.app.artifacts_dir(record.id) / artifact,
-                                 env=scrubbed_env(check.env))
-            METRICS.observe("hyperion_stage_seconds", result.duration_s, stage="check")
+                                 env=scrubbed_env(check.env),
+                                 limits=check.limits.as_rlimits() if check.limits else None)
+            (timings or Timings()).add(f"check:{name}", result.duration_s)
             results.append(CheckResult(
                 name=name, ok=result.ok, exit_code=result.exit_code, timed_out=result.timed_out,
                 seconds=round(result.duration_s, 3), artifact=artifact, tail=result.tail[-2000:]))
@@ -350,60 +301,10 @@ class Worker:
                              f"{result.exit_code}; its output is in {artifact}",
                              path=f"checks.{name}")
 
-    @contextmanager
-    def _land_lock(self, repo_name: str) -> Iterator[None]:
-        with _land_locks_guard:
-            lock = _land_locks.setdefault(repo_name, threading.Lock())
-        with lock:
-            fd = os.open(self.app.locks_dir() / f"land-{repo_name}.lock",
-                         os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
-
-    def _land(self, repo: GitRepo, record: Record, target: str, commit: str, tip: str) -> None:
-        assert record.repo is not None
-        moved = ErrorInfo(code=Code.LAND_CONFLICT, message=f"{target} moved while the change "
-                          "was being checked")
-        reason = f"hyperion: land {record.id}"
-        with self._land_lock(record.repo):
-            recover_checkout(self.app, record.repo, repo)
-            if repo.branch_commit(target) != tip:
-                raise Retry(moved, delay_s=0, race=True)
-            checkout = repo.checkout()
-            if checkout is None or checkout.branch != target:
-                if not repo.compare_and_swap(target, commit, tip, reason):
-                    raise Retry(moved, delay_s=0, race=True)
-                return
-            # The target is checked out: behave like receive.denyCurrentBranch=updateInstead.
-            top = checkout.toplevel
-            dirty = repo.checkout_dirty(top)
-            if dirty is not None:
-                raise Failed(Code.LAND_CONFLICT, f"{target} is checked out in {top} and {dirty}; "
-                             "hyperion left it alone. Commit or stash them, then resubmit")
-            if repo.checkout_head(top) != tip:
-                raise Retry(moved, delay_s=0, race=True)
-            # Written before the checkout moves, removed once the ref agrees: a crash between
-            # the two is finished or undone by recover_checkout().
-            intent = self._intent_path(record.repo)
-            write_atomic(intent, json.dumps({"top": str(top), "branch": target, "old": tip,
-                                             "new": commit}).encode())
-            refused = repo.move_checkout(top, tip, commit)
-            if refused is not None:
-                intent.unlink(missing_ok=True)
-                raise Failed(Code.LAND_CONFLICT, f"{target} is checked out in {top} and updating "
-                             f"it would lose local files ({refused.splitlines()[0][:200]}); "
-                             "hyperion left it alone")
-            if not repo.compare_and_swap(target, commit, tip, reason):
-                repo.move_checkout(top, commit, tip)
-                intent.unlink(missing_ok=True)
-                raise Retry(moved, delay_s=0, race=True)
-            intent.unlink(missing_ok=True)
-
-    def _intent_path(self, repo_name: str) -> Path:
-        return self.app.locks_dir() / f"land-{repo_name}.intent"
+    @staticmethod
+    def _land(lander: landing.Lander, record: Record, target: str, commit: str,
+              tip: str) -> None:
+        lander.land(record, target, commit, tip)
 
     # ------------------------------------------------------------------ outcomes
     def _save_artifact(self, record_id: str, name: str, text: str) -> None:
@@ -412,13 +313,22 @@ class Worker:
         (directory / name).write_text(text, encoding="utf-8")
 
     def _finish(self, beat: Heartbeat, record: Record, state: State, error: ErrorInfo | None,
-                **updates: object) -> None:
+                *, timings: Timings | None = None, **updates: object) -> None:
         lease = beat.stop()
-        reason = error.summary() if error else (f"landed as {updates.get('landed_commit')}")
-        final = self.app.records.transition(record.id, state, by=self.name, reason=reason,
-                                            error=error, **updates)
+        if error is not None:
+            reason = error.summary()
+        elif state is State.VERIFIED:
+            reason = f"dry run: checks passed on {updates.get('result_commit')}, not landed"
+        else:
+            where = f" on {updates['landed_ref']}" if updates.get("landed_ref") else ""
+            reason = f"landed as {updates.get('landed_commit')}{where}"
+        if timings is not None and timings.steps:
+            reason += f" ({timings.describe()})"
+        final = self.app.records.transition(
+            record.id, state, by=self.name, reason=reason, error=error,
+            timings=timings.steps if timings is not None else None, **updates)
         try:
-            if state is State.LANDED:
+            if state in (State.LANDED, State.VERIFIED):
                 self.app.spool.ack(lease)
             else:
                 self.app.spool.bury(lease, error.summary() if error else state.value)
@@ -427,10 +337,13 @@ class Worker:
                         extra={"request_id": record.id})
         log.info("%s %s", record.id, state.value, extra={"request_id": record.id})
         self.app.reporter.outcome(final)
+        if state is State.LANDED:
+            settle_rollback(self.app, final)
         settle_dependents(self.app, final)
 
     def _retry(self, beat: Heartbeat, record: Record, info: ErrorInfo,
-               delay_s: float | None, *, race: bool = False) -> None:
+               delay_s: float | None, *, race: bool = False,
+               timings: Timings | None = None) -> None:
         lease = beat.stop()
         races = record.races + (1 if race else 0)
         # Attempts that failed for a reason worth a retry: not crashes, not lost races.
@@ -438,16 +351,18 @@ class Worker:
         if race and races >= MAX_RACES:
             self._finish(beat, record, State.FAILED, info.model_copy(update={
                 "message": f"{info.message}, {races} times in a row: the target moves faster "
-                "than this request's checks run"}), races=races)
+                "than this request's checks run"}), races=races, timings=timings)
             return
         if not race and tries >= self.app.config.max_attempts:
             self._finish(beat, record, State.FAILED, info.model_copy(update={
-                "message": f"{info.message} (gave up after {tries} attempts)"}))
+                "message": f"{info.message} (gave up after {tries} attempts)"}),
+                timings=timings)
             return
         delay = backoff(lease.attempts) if delay_s is None else delay_s
         self.app.records.transition(record.id, State.QUEUED, by=self.name,
                                     reason=f"{info.summary()}; retrying in {delay:.1f} s",
-                                    error=info, races=races)
+                                    error=info, races=races,
+                                    timings=timings.steps if timings is not None else None)
         try:
             self.app.spool.retry(lease, delay, info.summary())
         except LeaseLost:

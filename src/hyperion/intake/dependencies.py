@@ -21,7 +21,8 @@ from hyperion.requests import ChangeRequest, Request, parse_request
 
 log = logging.getLogger("hyperion.intake")
 
-DID_NOT_LAND = frozenset({State.FAILED, State.REJECTED, State.CANCELLED, State.ROLLED_BACK})
+DID_NOT_LAND = frozenset({State.FAILED, State.REJECTED, State.CANCELLED, State.ROLLED_BACK,
+                          State.VERIFIED})
 
 
 def blockers(app: App, request_id: str, depends_on: list[str]) -> tuple[list[str], str | None]:
