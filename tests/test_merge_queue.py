@@ -3,6 +3,7 @@ pool, resource limits, dry runs, per-step timings, land modes and rollback (issu
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -307,3 +308,54 @@ def test_rollback_is_settled_after_a_crash_before_the_original_moved(setup: Setu
     assert setup.cli("run", "--once").returncode == 0
     assert setup.record("feature-2")["state"] == "rolled_back"
 
+
+
+def _batched(setup: Setup, max_size: int, check: str) -> Path:
+    """Batching on, one worker, and a check that counts its runs in runs.log."""
+    runs = setup.root / "runs.log"
+    use_check(setup, f"import pathlib\nwith open({str(runs)!r}, 'a') as f:\n    f.write('run\\n')\n"
+              + check)
+    text = setup.config.read_text().replace("workers: 2", "workers: 1").replace(
+        "    target: main\n", f"    target: main\n    batch: {{max: {max_size}}}\n", 1)
+    setup.config.write_text(text)
+    return runs
+
+
+def test_batch_checks_non_conflicting_requests_once_and_lands_each(setup: Setup) -> None:
+    runs = _batched(setup, 10, "")
+    ids = [f"batch-{i}" for i in range(8)]
+    for i, rid in enumerate(ids):
+        setup.drop(f"{rid}.json", setup.request(rid, {f"docs/b{i}.txt": f"{i}\n"}))
+    before = setup.main_sha()
+    assert setup.cli("run", "--once").returncode == 0
+    records = [setup.record(rid) for rid in ids]
+    assert [r["state"] for r in records] == ["landed"] * 8, [r["error"] for r in records]
+    assert runs.read_text().count("run") == 1
+    # Each request is its own commit, in order, on the target.
+    log = git(setup.repo, "log", "--reverse", "--format=%H", f"{before}..main").split()
+    assert sorted(log) == sorted(r["landed_commit"] for r in records) and len(log) == 8
+    for older, newer in itertools.pairwise(log):
+        assert git(setup.repo, "rev-parse", f"{newer}^").strip() == older
+    assert git(setup.repo, "status", "--porcelain") == ""
+
+
+def test_batch_with_one_bad_request_bisects_and_fails_only_it(setup: Setup) -> None:
+    runs = _batched(setup, 10, "import sys\n"
+                    "sys.exit(3 if pathlib.Path('docs/bad.txt').exists() else 0)\n")
+    ids = []
+    for i in range(7):
+        rid = f"mix-{i}"
+        ids.append(rid)
+        name = "docs/bad.txt" if i == 4 else f"docs/m{i}.txt"
+        setup.drop(f"{rid}.json", setup.request(rid, {name: f"{i}\n"}, priority=10 - i))
+    assert setup.cli("run", "--once").returncode == 0
+    states = {rid: setup.record(rid)["state"] for rid in ids}
+    assert states == {**{rid: "landed" for rid in ids}, "mix-4": "failed"}, states
+    bad = setup.record("mix-4")
+    assert bad["error"]["code"] == "check_failed"
+    assert "bisecting a batch" in bad["error"]["message"]
+    assert not (setup.repo / "docs/bad.txt").exists()
+    # 1 run of all 7, a bisection of about log2(7) runs, 1 run of the 2 after the culprit.
+    assert runs.read_text().count("run") <= 6
+    log = git(setup.repo, "log", "--format=%(trailers:key=Hyperion-Request,valueonly)")
+    assert sorted(x for x in log.split() if x) == sorted(r for r in ids if r != "mix-4")

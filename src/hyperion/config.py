@@ -35,12 +35,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class BatchConfig(_Strict):
+    max: int = Field(ge=1, le=100, description="Most requests checked together.")
+
+
 class RepoConfig(_Strict):
     path: Path = Field(description="A git repository, bare or with a working tree.")
     target: str = Field("main", description="Default target branch.", min_length=1)
     land: Literal["ref", "branch", "push"] = Field("ref", description=(
         "ref: move the target branch; branch: create hyperion/<id> for a person to merge; "
         "push: push to `remote` with a lease on the tip the checks ran on."))
+    batch: BatchConfig | None = Field(None, description=(
+        "Opt in to batching: ready requests for the same target are applied together and "
+        "checked once; a red batch is bisected to fail only the guilty."))
     remote: str | None = Field(None, min_length=1, description=(
         "With land: push, the remote (a name configured in the repository, or a URL) whose "
         "target branch is fetched before each attempt and pushed to on landing."))

@@ -26,6 +26,7 @@ from pathlib import Path
 from hyperion import landing
 from hyperion.app import App
 from hyperion.apply import ApplyConflict, apply_patch, render_report
+from hyperion.batch import run_batch
 from hyperion.errors import Code, ErrorInfo
 from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
 from hyperion.intake.dependencies import settle_dependents
@@ -125,31 +126,73 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def unexpected(exc: Exception, record_id: str) -> ErrorInfo:
+    """The error to retry with after an exception hyperion did not expect."""
+    if isinstance(exc, GitError | OSError):
+        return ErrorInfo(code=Code.INTERNAL_ERROR, message="hyperion hit an error it did not "
+                         f"expect ({type(exc).__name__}: {str(exc)[:300]}); the request is kept")
+    log.exception("internal error on %s", record_id, extra={"request_id": record_id})
+    return ErrorInfo(code=Code.INTERNAL_ERROR, message=f"a bug in hyperion "
+                     f"({type(exc).__name__}); the request is kept and will be retried")
+
+
+@dataclass
+class Member:
+    """A leased request that is open (running) in this worker."""
+
+    beat: Heartbeat
+    request: ChangeRequest
+    record: Record
+
+
 class Worker:
     def __init__(self, app: App, name: str) -> None:
         self.app = app
         self.name = name
 
     def run_one(self, on_lease: Callable[[str], None] | None = None) -> bool:
-        """Lease one ready request and take it to its next resting state. False if none."""
+        """Lease one ready request (with a batch of more, when its repository batches) and
+        take it to its next resting state. False if none was ready."""
         lease = self.app.spool.lease(self.name, ttl_s=LEASE_TTL_S)
         if lease is None:
             return False
         if on_lease is not None:
             on_lease(lease.id)
         with Heartbeat(self.app, lease) as beat:
-            self._process(lease, beat)
+            opened = self._open(lease, beat)
+            if opened is None:
+                return True
+            request, record = opened
+            limit = self._batch_limit(request, record)
+            if limit <= 1:
+                self._process(beat, request, record)
+                return True
+            members, others = self._gather(Member(beat, request, record), limit)
+            try:
+                if len(members) == 1:
+                    self._process(beat, request, record)
+                else:
+                    run_batch(self, members)
+            finally:
+                for member in members:
+                    member.beat.stop()
+                for other in others:
+                    try:
+                        self._process(other.beat, other.request, other.record)
+                    finally:
+                        other.beat.stop()
         return True
 
     # ------------------------------------------------------------------ one request
-    def _process(self, lease: Lease, beat: Heartbeat) -> None:
+    def _open(self, lease: Lease, beat: Heartbeat) -> tuple[ChangeRequest, Record] | None:
+        """The leased request, read back and marked running; None when it was finished here."""
         records = self.app.records
         record = records.get(lease.id)
         if record is None or record.terminal:
             # Finished before a crash kept us from acking, or never recorded: nothing to do.
             log.warning("spool item %s has no open record; acknowledging it", lease.id)
             self.app.spool.ack(beat.stop())
-            return
+            return None
         # Still `running`: the process of the previous attempt died in the middle of it. Such
         # attempts have their own budget, so that restarts of the daemon do not eat the retry
         # budget, and a request that kills its worker every time does not loop forever.
@@ -160,18 +203,50 @@ class Worker:
                 code=Code.INTERNAL_ERROR, message=f"gave up after {crashes} attempts that "
                 "ended with hyperion's process dying; the request is kept with its record "
                 "(check the log, then `hyperion requeue` it)"), crashes=crashes)
-            return
+            return None
         try:
             request = ChangeRequest.model_validate_json(lease.payload)
         except ValueError:
             self._finish(beat, record, State.FAILED, ErrorInfo(
                 code=Code.INTERNAL_ERROR, message="the queued request could not be read back; "
                 "its original is kept with the record"))
-            return
+            return None
         died = " (the previous attempt's process died)" if crashed else ""
         record = records.transition(record.id, State.RUNNING, by=self.name,
                                     reason=f"attempt {lease.attempts + 1}{died}",
                                     attempts=lease.attempts + 1, crashes=crashes, error=None)
+        return request, record
+
+    def _batch_limit(self, request: ChangeRequest, record: Record) -> int:
+        repo_config = self.app.config.repos.get(record.repo or "")
+        if repo_config is None or repo_config.batch is None or repo_config.land == "branch":
+            return 1
+        if request.dry_run or self.app.dry_run:
+            return 1
+        return repo_config.batch.max
+
+    def _gather(self, first: Member, limit: int) -> tuple[list[Member], list[Member]]:
+        """More ready requests for the same repository and target, up to ``limit`` in all.
+        Others leased on the way are returned to be processed one by one afterwards."""
+        members, others = [first], []
+        while len(members) < limit:
+            lease = self.app.spool.lease(self.name, ttl_s=LEASE_TTL_S)
+            if lease is None:
+                break
+            beat = Heartbeat(self.app, lease).__enter__()
+            opened = self._open(lease, beat)
+            if opened is None:
+                continue
+            member = Member(beat, *opened)
+            same = (member.record.repo, member.record.target) == \
+                (first.record.repo, first.record.target)
+            if same and not member.request.dry_run:
+                members.append(member)
+            else:
+                others.append(member)
+        return members, others
+
+    def _process(self, beat: Heartbeat, request: ChangeRequest, record: Record) -> None:
         timings = Timings()
         try:
             result = self._attempt(request, record, timings)
@@ -179,18 +254,10 @@ class Worker:
             self._finish(beat, record, State.FAILED, exc.info, timings=timings)
         except Retry as exc:
             self._retry(beat, record, exc.info, exc.delay_s, race=exc.race, timings=timings)
-        except (GitError, OSError) as exc:
-            self._retry(beat, record, ErrorInfo(
-                code=Code.INTERNAL_ERROR,
-                message=f"hyperion hit an error it did not expect ({type(exc).__name__}: "
-                f"{str(exc)[:300]}); the request is kept"), None, timings=timings)
         except Exception as exc:
-            log.exception("internal error on %s", record.id, extra={"request_id": record.id})
-            self._retry(beat, record, ErrorInfo(
-                code=Code.INTERNAL_ERROR, message=f"a bug in hyperion ({type(exc).__name__}); "
-                "the request is kept and will be retried"), None, timings=timings)
+            self._retry(beat, record, unexpected(exc, record.id), None, timings=timings)
         else:
-            current = records.get(record.id) or record
+            current = self.app.records.get(record.id) or record
             if result.state is State.VERIFIED:
                 self._finish(beat, current, State.VERIFIED, None, timings=timings,
                              result_commit=result.commit)
@@ -268,38 +335,54 @@ class Worker:
 
     def _run_checks(self, request: ChangeRequest, record: Record, worktree: Path,
                     timings: Timings | None = None) -> None:
+        def progress(results: list[CheckResult]) -> None:
+            self.app.records.update(record.id, checks=results)
+
+        _, failure = self.run_checks(request.checks, record.id, record.attempts, worktree,
+                                     timings or Timings(), progress)
+        if failure is not None:
+            raise failure
+
+    def run_checks(self, names: list[str], record_id: str, attempt: int, worktree: Path,
+                   timings: Timings,
+                   progress: Callable[[list[CheckResult]], None] | None = None,
+                   ) -> tuple[list[CheckResult], Failed | Retry | None]:
+        """Run the named checks in order until one fails; their output goes to
+        ``record_id``'s artifacts. Returns the results and why they failed (None: green)."""
         results: list[CheckResult] = []
-        for name in request.checks:
+        for name in names:
             check = self.app.config.checks.get(name)
             if check is None:
-                raise Failed(Code.CHECK_NOT_ALLOWED, f"the check {name!r} is no longer defined "
-                             "in the configuration", path="checks")
-            artifact = f"check-{name}-attempt{record.attempts}.log"
+                return results, Failed(Code.CHECK_NOT_ALLOWED, f"the check {name!r} is no "
+                                       "longer defined in the configuration", path="checks")
+            artifact = f"check-{name}-attempt{attempt}.log"
             result = run_command(check.run, cwd=worktree, timeout_s=check.timeout_s,
-                                 output_path=self.app.artifacts_dir(record.id) / artifact,
+                                 output_path=self.app.artifacts_dir(record_id) / artifact,
                                  env=scrubbed_env(check.env),
                                  limits=check.limits.as_rlimits() if check.limits else None)
-            (timings or Timings()).add(f"check:{name}", result.duration_s)
+            timings.add(f"check:{name}", result.duration_s)
             results.append(CheckResult(
                 name=name, ok=result.ok, exit_code=result.exit_code, timed_out=result.timed_out,
                 seconds=round(result.duration_s, 3), artifact=artifact, tail=result.tail[-2000:]))
-            self.app.records.update(record.id, checks=results)
+            if progress is not None:
+                progress(results)
             if result.aborted:
-                raise Retry(ErrorInfo(code=Code.INTERNAL_ERROR, message="hyperion was stopped "
-                                      f"while the check {name!r} ran; the request is requeued"),
-                            delay_s=0)
+                return results, Retry(ErrorInfo(
+                    code=Code.INTERNAL_ERROR, message="hyperion was stopped while the check "
+                    f"{name!r} ran; the request is requeued"), delay_s=0)
             if result.timed_out:
-                raise Failed(Code.TIMEOUT, f"the check {name!r} ran past its limit of "
-                             f"{check.timeout_s:g} s and was stopped; see {artifact}",
-                             path=f"checks.{name}")
+                return results, Failed(Code.TIMEOUT, f"the check {name!r} ran past its limit "
+                                       f"of {check.timeout_s:g} s and was stopped; see "
+                                       f"{artifact}", path=f"checks.{name}")
             if result.start_error is not None:
-                raise Failed(Code.CHECK_FAILED, f"the check {name!r} could not start "
-                             f"({result.start_error}); fix its `run` in the configuration",
-                             path=f"checks.{name}")
+                return results, Failed(Code.CHECK_FAILED, f"the check {name!r} could not start "
+                                       f"({result.start_error}); fix its `run` in the "
+                                       "configuration", path=f"checks.{name}")
             if not result.ok:
-                raise Failed(Code.CHECK_FAILED, f"the check {name!r} failed with exit code "
-                             f"{result.exit_code}; its output is in {artifact}",
-                             path=f"checks.{name}")
+                return results, Failed(Code.CHECK_FAILED, f"the check {name!r} failed with "
+                                       f"exit code {result.exit_code}; its output is in "
+                                       f"{artifact}", path=f"checks.{name}")
+        return results, None
 
     @staticmethod
     def _land(lander: landing.Lander, record: Record, target: str, commit: str,
