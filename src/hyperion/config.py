@@ -28,9 +28,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _usable_ref_name(value: str) -> str:
+    if value.startswith(("-", "/")) or value.endswith(("/", ".lock")) or ".." in value \
+            or "//" in value or any(c in value for c in " ~^:?*[\\") \
+            or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} is not a usable ref name")
+    return value
+
+
+class GitInboxConfig(_Strict):
+    """Requests by git push: files under inbox/ on a branch, and notes on pushed commits."""
+
+    branch: str | None = Field("hyperion-inbox", description=(
+        "Branch whose inbox/ folder holds request files (null: no inbox branch)."))
+    notes_ref: str | None = Field("refs/notes/hyperion-inbox", description=(
+        "Notes ref whose notes are change requests for the commits they annotate "
+        "(null: no note requests)."))
+    poll_s: float = Field(30, gt=0, le=3600, description=(
+        "Fallback check of the refs, in case a file-system event was missed."))
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, value: str | None) -> str | None:
+        return None if value is None else _usable_ref_name(value.removeprefix("refs/heads/"))
+
+    @field_validator("notes_ref")
+    @classmethod
+    def _notes(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("refs/notes/"):
+            raise ValueError("must be a ref under refs/notes/, e.g. refs/notes/hyperion-inbox")
+        return _usable_ref_name(value)
+
+
 class RepoConfig(_Strict):
     path: Path = Field(description="A git repository, bare or with a working tree.")
     target: str = Field("main", description="Default target branch.", min_length=1)
+    git_inbox: GitInboxConfig | None = Field(None, description=(
+        "Take requests pushed to this repository (an inbox branch and/or request notes)."))
+    results_ref: str | None = Field("refs/notes/hyperion", description=(
+        "Notes ref for results: one JSON line per outcome on the landed commit and on the "
+        "commit a git request came from (null: write no notes)."))
 
     @field_validator("target")
     @classmethod
@@ -38,6 +77,15 @@ class RepoConfig(_Strict):
         if value.startswith(("-", "/")) or ".." in value or any(c in value for c in " ~^:?*[\\"):
             raise ValueError(f"{value!r} is not a usable branch name")
         return value
+
+    @field_validator("results_ref")
+    @classmethod
+    def _results(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("refs/notes/"):
+            raise ValueError("must be a ref under refs/notes/, e.g. refs/notes/hyperion")
+        return _usable_ref_name(value)
 
 
 class CheckConfig(_Strict):

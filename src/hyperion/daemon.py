@@ -28,6 +28,7 @@ from hyperion.app import App
 from hyperion.config import ConfigError, load_config
 from hyperion.instances import Registration
 from hyperion.intake.dependencies import reconcile
+from hyperion.intake.git_inbox import check_all, git_inboxes, start_git_intake
 from hyperion.intake.inbox import Inbox, InboxWatcher
 from hyperion.metrics import METRICS, MetricsServer
 from hyperion.records import now_iso
@@ -76,6 +77,7 @@ def run_once(app: App, *, workers: int) -> None:
     """Ingest what waits in the inbox, then work until nothing is ready or running."""
     _recover(app)
     Inbox(app).scan(wait=True)
+    check_all(git_inboxes(app))
     pool = [Worker(app, _worker_name(i)) for i in range(workers)]
     while True:
         threads = [threading.Thread(target=_drain, args=(w,), name=w.name) for w in pool]
@@ -150,8 +152,9 @@ class Daemon:
         inbox.scan()
         intake = threading.Thread(target=watcher.run, args=(self.stop,), name="intake",
                                   daemon=True)
+        git_watcher, git_intake = start_git_intake(app, self.stop)
         notify = threading.Thread(target=self._deliver, name="notify", daemon=True)
-        threads = [intake, notify]
+        threads = [intake, git_intake, notify]
         for i in range(self.workers):
             worker = Worker(app, _worker_name(i))
             self._busy[worker.name] = None
@@ -192,6 +195,7 @@ class Daemon:
             self._wake.wait(interval)
             self._wake.clear()
         self._shutdown(watcher, threads)
+        git_watcher.stop()
         if server is not None:
             server.stop()
 

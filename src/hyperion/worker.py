@@ -29,8 +29,9 @@ from pathlib import Path
 from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo
 from hyperion.fsutil import write_atomic
-from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
+from hyperion.gitops import GitError, GitRepo
 from hyperion.intake.dependencies import settle_dependents
+from hyperion.intake.git_requests import landing_identity
 from hyperion.metrics import METRICS
 from hyperion.records import CheckResult, Record, State
 from hyperion.requests import ChangeRequest
@@ -293,8 +294,8 @@ class Worker:
             with _stage("apply"):
                 repo.apply(worktree, request.patch)
                 self._check_hashes(request, worktree)
-                message = commit_message(request.title, request.body, request.id)
-                commit = repo.commit(worktree, tip, message, author_identity(request.agent))
+                message, author, author_date = landing_identity(repo, record, request)
+                commit = repo.commit(worktree, tip, message, author, author_date)
             self.app.records.update(record.id, applied_onto=tip, base_commit=base_commit)
             self._run_checks(request, record, worktree)
             with _stage("land"):

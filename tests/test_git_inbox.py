@@ -1,0 +1,290 @@
+"""The git-native inbox: requests pushed to a bare repository (files on the inbox branch, notes
+on commits), results read back as notes. Real bare repositories, real `git push` over file://,
+`hyperion run --once` and a running daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import BASE_FILES, GIT_ENV, diff_for, git, make_repo
+
+AGENT_ENV = {"GIT_AUTHOR_NAME": "Alice Agent", "GIT_AUTHOR_EMAIL": "alice@example.invalid",
+             "GIT_AUTHOR_DATE": "2020-02-02T02:02:02+0000"}
+
+
+@dataclass
+class GitSetup:
+    root: Path
+    bare: Path
+    agent: Path
+    config: Path
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hyperion", "--config", str(self.config),
+                               *args], capture_output=True, text=True, timeout=timeout,
+                              cwd=self.root)
+
+    def run_once(self) -> None:
+        out = self.cli("run", "--once")
+        assert out.returncode == 0, out.stderr
+
+    def record(self, id: str) -> dict[str, Any]:
+        out = self.cli("inspect", id, "--format", "json")
+        assert out.returncode == 0, out.stderr
+        data: dict[str, Any] = json.loads(out.stdout)
+        return data
+
+    def records(self) -> list[dict[str, Any]]:
+        out = self.cli("list", "--format", "json", "--limit", "1000")
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout)
+        return data["records"] if isinstance(data, dict) else data  # type: ignore[no-any-return]
+
+    def main_sha(self) -> str:
+        return git(self.bare, "rev-parse", "refs/heads/main").strip()
+
+    def request(self, id: str, edits: dict[str, str | None], **fields: Any) -> dict[str, Any]:
+        patch, changes = diff_for(self.bare, edits)
+        req = {"kind": "change", "version": 1, "id": id, "agent": "agent-1", "repo": "demo",
+               "title": f"change {id}", "patch": patch, "changes": changes,
+               "checks": ["unit"]}
+        req.update(fields)
+        return req
+
+    def push_request(self, name: str, content: dict[str, Any] | bytes,
+                     *, message: str | None = None) -> str:
+        """Commit inbox/<name> on the agent's inbox branch and push it; the commit's sha."""
+        data = content if isinstance(content, bytes) else json.dumps(content).encode()
+        path = self.agent / "inbox" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        git(self.agent, "add", "-A")
+        git(self.agent, "commit", "-q", "-m", message or f"request {name}")
+        git(self.agent, "push", "-q", "origin", "HEAD:refs/heads/hyperion-inbox")
+        return git(self.agent, "rev-parse", "HEAD").strip()
+
+    def notes(self, ref: str, commit: str) -> list[dict[str, Any]]:
+        out = subprocess.run(["git", "notes", f"--ref={ref}", "show", commit], cwd=self.bare,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            return []
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def config_text(bare: Path, extra_repo: str = "") -> str:
+    return f"""\
+state_dir: state
+inbox: inbox
+workers: 2
+repos:
+  demo:
+    path: {bare}
+    target: main
+    git_inbox:
+      branch: hyperion-inbox
+      notes_ref: refs/notes/hyperion-inbox
+      poll_s: 30
+{extra_repo}checks:
+  unit:
+    run: [{json.dumps(sys.executable)}, "check.py"]
+    timeout_s: 60
+"""
+
+
+@pytest.fixture
+def gs(tmp_path: Path) -> GitSetup:
+    bare = make_repo(tmp_path / "demo.git", BASE_FILES, bare=True)
+    config = tmp_path / "hyperion.yaml"
+    config.write_text(config_text(bare))
+    (tmp_path / "inbox").mkdir()
+    agent = tmp_path / "agent"
+    git(tmp_path, "clone", "-q", f"file://{bare}", str(agent))
+    git(agent, "checkout", "-q", "--orphan", "hyperion-inbox")
+    git(agent, "rm", "-q", "-rf", ".")
+    return GitSetup(root=tmp_path, bare=bare, agent=agent, config=config)
+
+
+def test_a_pushed_request_file_lands_with_notes_on_its_inbox_commit_and_landed_commit(
+        gs: GitSetup) -> None:
+    inbox_commit = gs.push_request("r1.json", gs.request("r1", {"app.py": "VALUE = 2\n"}))
+    gs.run_once()
+    record = gs.record("r1")
+    assert record["state"] == "landed"
+    assert record["source"]["kind"] == "git-inbox"
+    assert record["source"]["commit"] == inbox_commit
+    assert record["source"]["path"] == "inbox/r1.json"
+    landed = record["landed_commit"]
+    assert gs.main_sha() == landed
+    assert git(gs.bare, "show", "main:app.py") == "VALUE = 2\n"
+    for commit in (inbox_commit, landed):
+        [line] = gs.notes("refs/notes/hyperion", commit)
+        assert line["id"] == "r1" and line["state"] == "landed" and line["landed"] == landed
+        assert line["error"] is None and line["applied_onto"]
+        assert [c["name"] for c in line["checks"]] == ["unit"] and line["checks"][0]["ok"]
+        assert set(line) == {"id", "state", "error", "base", "applied_onto", "landed",
+                             "checks", "at"}
+
+    # Pushing again (another request, and the first file untouched) lands only the new one.
+    gs.push_request("r2.json", gs.request("r2", {"docs/readme.txt": "bye\n"}))
+    gs.run_once()
+    gs.run_once()
+    assert gs.record("r2")["state"] == "landed"
+    log = git(gs.bare, "log", "--format=%(trailers:key=Hyperion-Request,valueonly)", "main")
+    assert log.split() == ["r2", "r1"]
+
+
+def test_an_invalid_request_is_refused_with_a_note_on_its_inbox_commit(gs: GitSetup) -> None:
+    before = gs.main_sha()
+    bad = gs.request("bad1", {"app.py": "VALUE = 3\n"})
+    bad["changes"] = []
+    commit = gs.push_request("bad1.json", bad)
+    junk = gs.push_request("junk.json", b"{not json")
+    gs.run_once()
+    assert gs.record("bad1")["state"] == "rejected"
+    [line] = gs.notes("refs/notes/hyperion", commit)
+    assert line["state"] == "rejected" and line["error"]["code"] == "manifest_mismatch"
+    assert line["landed"] is None
+    [junk_line] = gs.notes("refs/notes/hyperion", junk)
+    assert junk_line["error"]["code"] == "invalid_json"
+    assert gs.main_sha() == before
+    # The client's view: fetch the notes and read them with git log.
+    git(gs.agent, "fetch", "-q", "origin", "refs/notes/*:refs/notes/*")
+    shown = git(gs.agent, "log", "--notes=hyperion", "-1", "--format=%N", commit)
+    assert '"manifest_mismatch"' in shown
+
+
+def test_a_commit_requested_by_a_note_lands_keeping_its_author_and_message(
+        gs: GitSetup) -> None:
+    work = gs.root / "work"
+    git(gs.root, "clone", "-q", f"file://{gs.bare}", str(work))
+    git(work, "checkout", "-q", "-b", "agent/feature")
+    (work / "app.py").write_text("VALUE = 42\n")
+    env = {**os.environ, **GIT_ENV, **AGENT_ENV, "HOME": str(work)}
+    subprocess.run(["git", "commit", "-q", "-am", "Answer everything\n\nLonger explanation."],
+                   cwd=work, env=env, check=True)
+    commit = git(work, "rev-parse", "HEAD").strip()
+    note = {"kind": "change", "version": 1, "id": "n1", "agent": "alice",
+            "title": "Answer everything", "checks": ["unit"]}
+    git(work, "notes", "--ref=hyperion-inbox", "add", "-m", json.dumps(note), commit)
+    git(work, "push", "-q", "origin", "agent/feature", "refs/notes/hyperion-inbox")
+    gs.run_once()
+    record = gs.record("n1")
+    assert record["state"] == "landed", record["error"]
+    assert record["source"] == {"kind": "git-note", "name": f"demo:{commit[:12]}:"
+                                "refs/notes/hyperion-inbox", "repo": "demo", "commit": commit,
+                                "path": "refs/notes/hyperion-inbox"}
+    landed = gs.main_sha()
+    assert landed == record["landed_commit"] and landed != commit
+    author = git(gs.bare, "log", "-1", "--format=%an <%ae> %ad", "--date=iso-strict", landed)
+    assert author.strip() == "Alice Agent <alice@example.invalid> 2020-02-02T02:02:02+00:00"
+    message = git(gs.bare, "log", "-1", "--format=%B", landed)
+    assert message.startswith("Answer everything\n\nLonger explanation.")
+    assert "Hyperion-Request: n1" in message
+    assert git(gs.bare, "show", "main:app.py") == "VALUE = 42\n"
+    assert gs.notes("refs/notes/hyperion", commit)[0]["landed"] == landed
+    # Pushing the same note again (and re-running) lands nothing twice.
+    git(work, "push", "-q", "--force", "origin", "refs/notes/hyperion-inbox")
+    gs.run_once()
+    assert gs.main_sha() == landed
+
+
+def test_a_note_that_carries_a_patch_is_refused_on_the_annotated_commit(gs: GitSetup) -> None:
+    work = gs.root / "work"
+    git(gs.root, "clone", "-q", f"file://{gs.bare}", str(work))
+    git(work, "checkout", "-q", "-b", "agent/x")
+    (work / "app.py").write_text("VALUE = 5\n")
+    git(work, "commit", "-q", "-am", "five")
+    commit = git(work, "rev-parse", "HEAD").strip()
+    note = {"kind": "change", "version": 1, "id": "n2", "agent": "alice", "title": "five",
+            "patch": "x"}
+    git(work, "notes", "--ref=hyperion-inbox", "add", "-m", json.dumps(note), commit)
+    git(work, "push", "-q", "origin", "agent/x", "refs/notes/hyperion-inbox")
+    gs.run_once()
+    record = gs.record("n2")
+    assert record["state"] == "rejected"
+    assert record["error"]["code"] == "schema_violation" and record["error"]["path"] == "patch"
+    assert gs.notes("refs/notes/hyperion", commit)[0]["state"] == "rejected"
+
+
+def test_a_force_pushed_rewrite_of_the_inbox_branch_lands_nothing_again(gs: GitSetup) -> None:
+    gs.push_request("r1.json", gs.request("r1", {"app.py": "VALUE = 2\n"}))
+    gs.run_once()
+    landed = gs.main_sha()
+    assert gs.record("r1")["state"] == "landed"
+    # Rewrite the branch: the same file in a new commit with another message and parent.
+    git(gs.agent, "checkout", "-q", "--orphan", "rewritten")
+    git(gs.agent, "commit", "-q", "-m", "rewritten history")
+    git(gs.agent, "push", "-q", "--force", "origin", "HEAD:refs/heads/hyperion-inbox")
+    gs.run_once()
+    assert gs.main_sha() == landed
+    assert [r["id"] for r in gs.records()] == ["r1"]
+
+
+def test_concurrent_result_notes_on_one_commit_are_all_kept(gs: GitSetup) -> None:
+    from hyperion.gitops import GitRepo
+
+    commit = gs.main_sha()
+    lines = [json.dumps({"id": f"x{i}", "state": "landed"}) for i in range(16)]
+
+    def write(line: str) -> None:
+        GitRepo(gs.bare).add_note_lines("refs/notes/hyperion", commit, [line], "test")
+
+    threads = [threading.Thread(target=write, args=(line,)) for line in lines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    kept = [json.dumps(n) for n in gs.notes("refs/notes/hyperion", commit)]
+    assert sorted(kept) == sorted(lines)
+    # Writing a line that is there already changes nothing.
+    before = git(gs.bare, "rev-parse", "refs/notes/hyperion").strip()
+    assert not GitRepo(gs.bare).add_note_lines("refs/notes/hyperion", commit, lines[:1], "t")
+    assert git(gs.bare, "rev-parse", "refs/notes/hyperion").strip() == before
+
+
+@pytest.fixture
+def daemon(gs: GitSetup) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "hyperion", "--config", str(gs.config),
+                             "run"], cwd=gs.root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (gs.root / "state" / "git-inbox" / "demo").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    yield proc
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def _wait_for(gs: GitSetup, id: str, states: set[str], timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = gs.root / "state" / "records" / f"{id}.json"
+        if path.exists():
+            record: dict[str, Any] = json.loads(path.read_text())
+            if record["state"] in states:
+                return record
+        time.sleep(0.1)
+    raise AssertionError(f"{id} did not reach {states}")
+
+
+def test_the_running_daemon_takes_a_push_and_answers_with_a_note(
+        gs: GitSetup, daemon: subprocess.Popen[str]) -> None:
+    commit = gs.push_request("d1.json", gs.request("d1", {"app.py": "VALUE = 7\n"}))
+    record = _wait_for(gs, "d1", {"landed", "failed", "rejected"})
+    assert record["state"] == "landed"
+    deadline = time.monotonic() + 30
+    while not gs.notes("refs/notes/hyperion", commit) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gs.notes("refs/notes/hyperion", commit)[0]["landed"] == record["landed_commit"]
