@@ -288,3 +288,68 @@ def test_the_running_daemon_takes_a_push_and_answers_with_a_note(
     while not gs.notes("refs/notes/hyperion", commit) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert gs.notes("refs/notes/hyperion", commit)[0]["landed"] == record["landed_commit"]
+
+
+def _install_hook(gs: GitSetup) -> None:
+    hook = gs.bare / "hooks" / "pre-receive"
+    hook.write_text(f"#!/bin/sh\nexec {sys.executable} -m hyperion --config {gs.config} "
+                    "hook pre-receive\n")
+    hook.chmod(0o755)
+
+
+def _push(repo: Path, *refspecs: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **GIT_ENV, "HOME": str(repo)}
+    return subprocess.run(["git", "push", "origin", *refspecs], cwd=repo, env=env,
+                          capture_output=True, text=True)
+
+
+def test_the_pre_receive_hook_refuses_a_bad_push_with_the_gates_code(gs: GitSetup) -> None:
+    _install_hook(gs)
+    good = gs.request("h1", {"app.py": "VALUE = 8\n"})
+    bad = gs.request("h2", {"app.py": "VALUE = 9\n"})
+    bad["changes"] = []
+    (gs.agent / "inbox").mkdir()
+    (gs.agent / "inbox" / "h1.json").write_text(json.dumps(good))
+    git(gs.agent, "add", "-A")
+    git(gs.agent, "commit", "-q", "-m", "good")
+    assert _push(gs.agent, "HEAD:refs/heads/hyperion-inbox").returncode == 0
+    (gs.agent / "inbox" / "h2.json").write_text(json.dumps(bad))
+    git(gs.agent, "add", "-A")
+    git(gs.agent, "commit", "-q", "-m", "bad")
+    bad_commit = git(gs.agent, "rev-parse", "HEAD").strip()
+    before = git(gs.bare, "rev-parse", "refs/heads/hyperion-inbox").strip()
+    out = _push(gs.agent, "HEAD:refs/heads/hyperion-inbox")
+    assert out.returncode != 0
+    assert (f"hyperion refused inbox/h2.json in {bad_commit[:12]}: manifest_mismatch"
+            in out.stderr)
+    assert git(gs.bare, "rev-parse", "refs/heads/hyperion-inbox").strip() == before
+    # The refused objects never reached the repository (they stayed in the quarantine).
+    assert subprocess.run(["git", "cat-file", "-e", bad_commit], cwd=gs.bare).returncode != 0
+
+    # A note carrying its own patch is refused; a push to another branch is not judged.
+    work = gs.root / "work"
+    git(gs.root, "clone", "-q", f"file://{gs.bare}", str(work))
+    (work / "app.py").write_text("VALUE = 10\n")
+    git(work, "commit", "-q", "-am", "ten")
+    commit = git(work, "rev-parse", "HEAD").strip()
+    note = {"kind": "change", "version": 1, "id": "h3", "agent": "a", "title": "t",
+            "patch": "x"}
+    git(work, "notes", "--ref=hyperion-inbox", "add", "-m", json.dumps(note), commit)
+    out = _push(work, "HEAD:refs/heads/agent/ten", "refs/notes/hyperion-inbox")
+    assert out.returncode != 0
+    assert f"the note on {commit[:12]} in refs/notes/hyperion-inbox: schema_violation" \
+        in out.stderr
+    assert _push(work, "HEAD:refs/heads/agent/ten").returncode == 0
+    # A good note on the same commit passes.
+    note = {"kind": "change", "version": 1, "id": "h3", "agent": "a", "title": "t"}
+    git(work, "notes", "--ref=hyperion-inbox", "add", "-f", "-m", json.dumps(note), commit)
+    out = _push(work, "refs/notes/hyperion-inbox")
+    assert out.returncode == 0, out.stderr
+    # A commit and its note pushed together: read from the push's quarantine, and passed.
+    (work / "app.py").write_text("VALUE = 11\n")
+    git(work, "commit", "-q", "-am", "eleven")
+    commit = git(work, "rev-parse", "HEAD").strip()
+    note = {"kind": "change", "version": 1, "id": "h4", "agent": "a", "title": "eleven"}
+    git(work, "notes", "--ref=hyperion-inbox", "add", "-m", json.dumps(note), commit)
+    out = _push(work, "HEAD:refs/heads/agent/eleven", "refs/notes/hyperion-inbox")
+    assert out.returncode == 0, out.stderr

@@ -73,13 +73,17 @@ class GitObjects:
         return sha.encode() in self.store
 
     # ---------------------------------------------------------------- the inbox branch
-    def commits(self, old: str | None, new: str) -> list[str]:
+    def commits(self, old: str | None, new: str, *, exclude_refs: bool = False) -> list[str]:
         """Commits reachable from ``new`` and not from ``old``, oldest first. After a
         force push ``old`` is not an ancestor: the rewritten commits are all listed (the
-        caller's seen set skips what was taken before)."""
+        caller's seen set skips what was taken before). ``exclude_refs``: also leave out what
+        every branch already has (a new branch made from main lists only its own commits)."""
         from dulwich.walk import ORDER_TOPO, Walker
 
         exclude: list[Any] = [old.encode()] if old is not None and self.has(old) else []
+        if exclude_refs:
+            exclude += [sha for ref, sha in self.repo.refs.as_dict(b"refs/heads").items()
+                        if sha != new.encode() and sha in self.store]
         include: list[Any] = [new.encode()]
         walker = Walker(self.store, include, exclude=exclude, order=ORDER_TOPO)
         return [entry.commit.id.decode() for entry in walker][::-1]
@@ -114,8 +118,9 @@ class GitObjects:
                 "utf-8", errors="replace"), blob=sha.decode(), symlink=kind == S_IFLNK))
         return out
 
-    def pushed_files(self, old: str | None, new: str) -> Iterator[PushedFile]:
-        for commit in self.commits(old, new):
+    def pushed_files(self, old: str | None, new: str, *,
+                     exclude_refs: bool = False) -> Iterator[PushedFile]:
+        for commit in self.commits(old, new, exclude_refs=exclude_refs):
             yield from self.changed_files(commit)
 
     # ---------------------------------------------------------------- notes

@@ -16,7 +16,7 @@ from typing import Any
 from hyperion.config import Config
 from hyperion.errors import Code, ErrorInfo, GateError
 from hyperion.gate.patch import Operation, parse_patch
-from hyperion.gate.policy import Policy
+from hyperion.gate.policy import Policy, check_approver
 from hyperion.gate.verdict import judge, repo_name
 from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
 from hyperion.records import Record
@@ -114,6 +114,7 @@ def gate_error(config: Config, policy: Policy, data: bytes) -> ErrorInfo | None:
                         max_depth=limits.max_json_depth)
         incoming = incoming_from_json(obj)
         if isinstance(incoming, ApprovalRequest):
+            check_approver(policy, incoming.by)
             return None
         judge(incoming, config, policy)
         repo_name(incoming, config)
