@@ -353,3 +353,18 @@ def test_the_pre_receive_hook_refuses_a_bad_push_with_the_gates_code(gs: GitSetu
     git(work, "notes", "--ref=hyperion-inbox", "add", "-m", json.dumps(note), commit)
     out = _push(work, "HEAD:refs/heads/agent/eleven", "refs/notes/hyperion-inbox")
     assert out.returncode == 0, out.stderr
+
+
+def test_a_result_note_lost_in_a_crash_is_written_at_the_next_start(gs: GitSetup) -> None:
+    commit = gs.push_request("c1.json", gs.request("c1", {"app.py": "VALUE = 12\n"}))
+    gs.run_once()
+    assert gs.notes("refs/notes/hyperion", commit)
+    # As if the process died after the terminal state, before its note was queued: no note
+    # outbox and no note. The catch-up at start writes it from the record.
+    import shutil
+
+    shutil.rmtree(gs.root / "state" / "notes")
+    git(gs.bare, "update-ref", "-d", "refs/notes/hyperion")
+    gs.run_once()
+    [line] = gs.notes("refs/notes/hyperion", commit)
+    assert line["id"] == "c1" and line["state"] == "landed"

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -86,6 +93,14 @@ class RepoConfig(_Strict):
         if not value.startswith("refs/notes/"):
             raise ValueError("must be a ref under refs/notes/, e.g. refs/notes/hyperion")
         return _usable_ref_name(value)
+
+    @model_validator(mode="after")
+    def _distinct_notes(self) -> RepoConfig:
+        if self.git_inbox is not None and self.results_ref is not None \
+                and self.git_inbox.notes_ref == self.results_ref:
+            raise ValueError("results_ref and git_inbox.notes_ref must differ: results "
+                             "would be read back as requests")
+        return self
 
 
 class CheckConfig(_Strict):
