@@ -368,3 +368,56 @@ def test_a_result_note_lost_in_a_crash_is_written_at_the_next_start(gs: GitSetup
     gs.run_once()
     [line] = gs.notes("refs/notes/hyperion", commit)
     assert line["id"] == "c1" and line["state"] == "landed"
+
+
+def test_remote_mode_fetches_requests_and_pushes_landed_commits_and_notes_back(
+        tmp_path: Path) -> None:
+    server = make_repo(tmp_path / "server.git", BASE_FILES, bare=True)
+    clone = tmp_path / "gate" / "demo.git"          # created by hyperion
+    config = tmp_path / "hyperion.yaml"
+    config.write_text(config_text(clone).replace(
+        "      poll_s: 30\n", f"      poll_s: 30\n      remote: file://{server}\n"))
+    (tmp_path / "inbox").mkdir()
+    agent = tmp_path / "agent"
+    git(tmp_path, "clone", "-q", f"file://{server}", str(agent))
+    git(agent, "checkout", "-q", "--orphan", "hyperion-inbox")
+    git(agent, "rm", "-q", "-rf", ".")
+    gs = GitSetup(root=tmp_path, bare=server, agent=agent, config=config)
+    inbox_commit = gs.push_request("m1.json", gs.request("m1", {"app.py": "VALUE = 30\n"}))
+    # A note request on a commit pushed to the server on an agent branch, too.
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", f"file://{server}", str(work))
+    git(work, "checkout", "-q", "-b", "agent/docs")
+    (work / "docs" / "readme.txt").write_text("remote\n")
+    git(work, "commit", "-q", "-am", "Docs from afar")
+    annotated = git(work, "rev-parse", "HEAD").strip()
+    note = {"kind": "change", "version": 1, "id": "m2", "agent": "a", "title": "docs"}
+    git(work, "notes", "--ref=hyperion-inbox", "add", "-m", json.dumps(note), annotated)
+    git(work, "push", "-q", "origin", "agent/docs", "refs/notes/hyperion-inbox")
+
+    gs.run_once()
+    assert gs.record("m1")["state"] == "landed"
+    assert gs.record("m2")["state"] == "landed"
+    # Both landed commits and the result notes are on the server.
+    log = git(server, "log", "--format=%(trailers:key=Hyperion-Request,valueonly)", "main")
+    assert sorted(log.split()) == ["m1", "m2"]
+    assert git(server, "show", "main:docs/readme.txt") == "remote\n"
+    assert gs.notes("refs/notes/hyperion", inbox_commit)[0]["state"] == "landed"
+    assert gs.notes("refs/notes/hyperion", annotated)[0]["id"] == "m2"
+    main = gs.main_sha()
+    assert gs.notes("refs/notes/hyperion", main)[0]["landed"] == main
+
+    # The server's main moves (a person pushes): the next request lands on top of it.
+    (work / "docs" / "readme.txt").write_text("remote\n")
+    git(work, "checkout", "-q", "-B", "main", "origin/main")
+    git(work, "pull", "-q", "origin", "main")
+    (work / "other.txt").write_text("by hand\n")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "by hand")
+    git(work, "push", "-q", "origin", "main")
+    gs.push_request("m3.json", gs.request("m3", {"app.py": "VALUE = 31\n"}))
+    gs.run_once()
+    assert gs.record("m3")["state"] == "landed"
+    assert git(server, "show", "main:other.txt") == "by hand\n"
+    assert git(server, "show", "main:app.py") == "VALUE = 31\n"
+    assert gs.record("m1")["state"] == "landed"

@@ -53,6 +53,13 @@ class GitInboxConfig(_Strict):
         "(null: no note requests)."))
     poll_s: float = Field(30, gt=0, le=3600, description=(
         "Fallback check of the refs, in case a file-system event was missed."))
+    remote: str | None = Field(None, min_length=1, description=(
+        "Remote mode, for a gate that is not on the git server: fetch the inbox branch, the "
+        "request notes and the branches from this URL every `fetch_s`, and push landed "
+        "commits and result notes back (atomic push). `path` is then a bare clone that "
+        "hyperion keeps (created when missing)."))
+    fetch_s: float = Field(15, gt=0, le=86400, description="Remote mode: seconds between "
+                           "fetches (and pushes of what landed meanwhile).")
 
     @field_validator("branch")
     @classmethod

@@ -28,7 +28,8 @@ from hyperion.app import App
 from hyperion.config import ConfigError, load_config
 from hyperion.instances import Registration
 from hyperion.intake.dependencies import reconcile
-from hyperion.intake.git_inbox import check_all, git_inboxes, start_git_intake
+from hyperion.intake.git_inbox import start_git_intake, take_git_once
+from hyperion.intake.git_remote import push_all
 from hyperion.intake.inbox import Inbox, InboxWatcher
 from hyperion.metrics import METRICS, MetricsServer
 from hyperion.records import now_iso
@@ -77,7 +78,7 @@ def run_once(app: App, *, workers: int) -> None:
     """Ingest what waits in the inbox, then work until nothing is ready or running."""
     _recover(app)
     Inbox(app).scan(wait=True)
-    check_all(git_inboxes(app))
+    syncs = take_git_once(app)
     pool = [Worker(app, _worker_name(i)) for i in range(workers)]
     while True:
         threads = [threading.Thread(target=_drain, args=(w,), name=w.name) for w in pool]
@@ -88,6 +89,7 @@ def run_once(app: App, *, workers: int) -> None:
         ready_at = app.spool.next_ready_at()
         if ready_at is None or ready_at > time.time():
             app.reporter.deliver_ready(f"{_worker_name(0)}:notify")
+            push_all(syncs)
             return
 
 
@@ -152,9 +154,9 @@ class Daemon:
         inbox.scan()
         intake = threading.Thread(target=watcher.run, args=(self.stop,), name="intake",
                                   daemon=True)
-        git_watcher, git_intake = start_git_intake(app, self.stop)
+        git_watcher, git_threads = start_git_intake(app, self.stop)
         notify = threading.Thread(target=self._deliver, name="notify", daemon=True)
-        threads = [intake, git_intake, notify]
+        threads = [intake, *git_threads, notify]
         for i in range(self.workers):
             worker = Worker(app, _worker_name(i))
             self._busy[worker.name] = None

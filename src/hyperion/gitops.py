@@ -292,3 +292,44 @@ class GitRepo:
                 return True
         raise GitError(["update-ref", ref], 1, f"{ref} kept moving: gave up after "
                        f"{NOTE_ATTEMPTS} attempts to add a note")
+
+    # -- remote mode
+    @staticmethod
+    def init_bare(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        git(["init", "--quiet", "--bare", "--end-of-options", str(path)], cwd=path.parent)
+
+    def fetch(self, url: str, refspecs: Sequence[str]) -> None:
+        git(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+             "--end-of-options", url, *refspecs], cwd=self.git_dir)
+
+    def push_atomic(self, url: str, updates: Sequence[tuple[str, str, str | None]]) -> str | None:
+        """Push ``(local ref, remote ref, expected remote value or None for absent)`` all or
+        nothing, each a compare-and-swap on the remote (--force-with-lease); None on success,
+        else git's reason."""
+        args = ["push", "--quiet", "--atomic", "--porcelain", "--no-verify"]
+        for _, remote_ref, expected in updates:
+            args.append(f"--force-with-lease={remote_ref}:{expected or ''}")
+        args += ["--end-of-options", url, *(f"{local}:{remote}" for local, remote, _ in updates)]
+        proc = git(args, cwd=self.git_dir, check=False)
+        if proc.returncode == 0:
+            return None
+        return (proc.stderr + proc.stdout).decode(errors="replace").strip()[:2000]
+
+    def refs(self, prefix: str) -> dict[str, str]:
+        """Ref name -> commit, for the refs under ``prefix``."""
+        out = _out(["for-each-ref", "--format=%(refname) %(objectname)", prefix],
+                   cwd=self.git_dir)
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+    def ref_value(self, ref: str) -> str | None:
+        return self._ref_value(ref)
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        return git(["merge-base", "--is-ancestor", ancestor, descendant], cwd=self.git_dir,
+                   check=False).returncode == 0
+
+    def set_ref(self, ref: str, new: str, old: str | None, reason: str) -> bool:
+        """Compare-and-swap any ref (``old`` None: it must not exist yet)."""
+        return git(["update-ref", "-m", reason, ref, new, old or ZERO_OID], cwd=self.git_dir,
+                   check=False).returncode == 0

@@ -25,6 +25,13 @@ from hyperion.errors import Code, ErrorInfo
 from hyperion.gitops import GitError, GitRepo
 from hyperion.intake.accept import Outcome, accept, reject
 from hyperion.intake.git_objects import GitObjects, PushedFile
+from hyperion.intake.git_remote import (
+    RemoteSync,
+    deliver_and_push,
+    fetch_all,
+    remote_syncs,
+    run_remote,
+)
 from hyperion.intake.git_requests import request_from_note
 from hyperion.intake.git_state import GitInboxState
 from hyperion.records import Source
@@ -159,8 +166,11 @@ def _safely(source: GitInbox) -> list[Outcome]:
 class GitWatcher:
     """Checks the git sources when their refs change, and every ``poll_s`` regardless."""
 
-    def __init__(self, sources: list[GitInbox]) -> None:
+    def __init__(self, sources: list[GitInbox], *, app: App | None = None,
+                 syncs: list[RemoteSync] | None = None) -> None:
         self.sources = sources
+        self.app = app
+        self.syncs = syncs or []
         self.events: queue.Queue[str] = queue.Queue()
         self._observer: Any = None
 
@@ -193,9 +203,12 @@ class GitWatcher:
         self._observer.start()
 
     def stop(self) -> None:
+        """Stop watching; in remote mode, push the last results once more."""
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
+        if self.app is not None:
+            deliver_and_push(self.app, self.syncs)
 
     def run(self, stop: threading.Event) -> None:
         """Check on events until ``stop`` is set (the git intake thread's body)."""
@@ -217,12 +230,27 @@ class GitWatcher:
                     next_poll[name] = time.monotonic() + source.inbox.poll_s
 
 
-def start_git_intake(app: App, stop: threading.Event) -> tuple[GitWatcher, threading.Thread]:
-    """Watch first, then check: nothing pushed between the two is missed. The returned
-    thread (not started) runs the watcher until ``stop`` is set."""
+def start_git_intake(app: App,
+                     stop: threading.Event) -> tuple[GitWatcher, list[threading.Thread]]:
+    """Remote mode first (create and fetch the clones), then watch, then check: nothing
+    pushed between the two is missed. Returns the watcher and its threads (not started):
+    the git intake, and the remote fetch/push rounds."""
+    syncs = remote_syncs(app)
+    fetch_all(syncs)
     sources = git_inboxes(app)
-    watcher = GitWatcher(sources)
+    watcher = GitWatcher(sources, app=app, syncs=syncs)
     watcher.start()
     check_all(sources)
-    thread = threading.Thread(target=watcher.run, args=(stop,), name="git-intake", daemon=True)
-    return watcher, thread
+    return watcher, [
+        threading.Thread(target=watcher.run, args=(stop,), name="git-intake", daemon=True),
+        threading.Thread(target=run_remote, args=(app, syncs, stop), name="git-remote",
+                         daemon=True)]
+
+
+def take_git_once(app: App) -> list[RemoteSync]:
+    """`run --once`: fetch (remote mode) and take what was pushed; returns the remote syncs
+    for push_all() at the end."""
+    syncs = remote_syncs(app)
+    fetch_all(syncs)
+    check_all(git_inboxes(app))
+    return syncs
