@@ -14,6 +14,7 @@ renaming ``X.lock`` to ``X``), plus a check every ``poll_s`` in case an event wa
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -177,18 +178,29 @@ class GitWatcher:
     def start(self) -> None:
         if not self.sources:
             return
-        from watchdog.events import FileSystemEventHandler
+        from watchdog.events import (
+            FileCreatedEvent,
+            FileDeletedEvent,
+            FileMovedEvent,
+            FileSystemEventHandler,
+        )
         from watchdog.observers import Observer
 
         events = self.events
+        # Only what a ref update does (X.lock renamed to X, a loose ref deleted): reading the
+        # refs at each check opens them, and open events would trigger the next check.
+        wanted = [FileMovedEvent, FileCreatedEvent, FileDeletedEvent]
 
         def handler_for(repo: str) -> Any:
             class Handler(FileSystemEventHandler):
                 def on_any_event(self, event: Any) -> None:
-                    path = str(getattr(event, "dest_path", "") or event.src_path)
-                    if event.is_directory or path.endswith(".lock"):
+                    if event.is_directory or event.event_type not in (
+                            "moved", "created", "deleted"):
                         return
-                    if "/refs/" in path or path.endswith("packed-refs"):
+                    path = os.fsdecode(getattr(event, "dest_path", "") or event.src_path)
+                    if path.endswith(".lock"):
+                        return
+                    if "/refs/" in path or path.endswith("/packed-refs"):
                         events.put(repo)
             return Handler()
 
@@ -197,8 +209,9 @@ class GitWatcher:
             handler = handler_for(source.repo)
             refs = source.git_dir / "refs"
             refs.mkdir(exist_ok=True)
-            self._observer.schedule(handler, str(refs), recursive=True)
-            self._observer.schedule(handler, str(source.git_dir), recursive=False)
+            self._observer.schedule(handler, str(refs), recursive=True, event_filter=wanted)
+            self._observer.schedule(handler, str(source.git_dir), recursive=False,
+                                    event_filter=wanted)
         self._observer.daemon = True
         self._observer.start()
 
