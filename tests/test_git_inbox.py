@@ -181,9 +181,10 @@ def test_a_commit_requested_by_a_note_lands_keeping_its_author_and_message(
     gs.run_once()
     record = gs.record("n1")
     assert record["state"] == "landed", record["error"]
+    note_blob = git(work, "rev-parse", f"refs/notes/hyperion-inbox:{commit}").strip()
     assert record["source"] == {"kind": "git-note", "name": f"demo:{commit[:12]}:"
-                                "refs/notes/hyperion-inbox", "repo": "demo", "commit": commit,
-                                "path": "refs/notes/hyperion-inbox"}
+                                f"refs/notes/hyperion-inbox@{note_blob[:12]}", "repo": "demo",
+                                "commit": commit, "path": "refs/notes/hyperion-inbox"}
     landed = gs.main_sha()
     assert landed == record["landed_commit"] and landed != commit
     author = git(gs.bare, "log", "-1", "--format=%an <%ae> %ad", "--date=iso-strict", landed)
@@ -197,6 +198,17 @@ def test_a_commit_requested_by_a_note_lands_keeping_its_author_and_message(
     git(work, "push", "-q", "--force", "origin", "refs/notes/hyperion-inbox")
     gs.run_once()
     assert gs.main_sha() == landed
+    # A changed note with the same id is a different request: refused `duplicate`, not
+    # dropped, and answered on the commit.
+    changed = {**note, "title": "Answer everything, again"}
+    git(work, "notes", "--ref=hyperion-inbox", "add", "-f", "-m", json.dumps(changed), commit)
+    git(work, "push", "-q", "origin", "refs/notes/hyperion-inbox")
+    gs.run_once()
+    assert gs.main_sha() == landed
+    lines = {n["state"]: n for n in gs.notes("refs/notes/hyperion", commit)}
+    assert lines["landed"]["id"] == "n1"
+    assert lines["rejected"]["error"]["code"] == "duplicate"
+    assert gs.record(lines["rejected"]["id"])["source"]["commit"] == commit
 
 
 def test_a_note_that_carries_a_patch_is_refused_on_the_annotated_commit(gs: GitSetup) -> None:

@@ -112,16 +112,16 @@ class GitInbox:
         return out
 
     def _note(self, objects: GitObjects, commit: str, blob: str, ref: str) -> Outcome:
-        source = Source(kind="git-note", name=f"{self.repo}:{commit[:12]}:{ref}",
+        source = Source(kind="git-note", name=f"{self.repo}:{commit[:12]}:{ref}@{blob[:12]}",
                         repo=self.repo, commit=commit, path=ref)
         note = objects.blob(blob)
         derived = request_from_note(self.git, self.repo, self.app.config, commit, note)
         claimed = derived.obj.get("id") if isinstance(derived.obj, dict) else None
         existing = self.app.records.get(claimed) if isinstance(claimed, str) else None
-        if existing is not None and existing.source.kind == "git-note" \
-                and existing.source.commit == commit and existing.source.repo == self.repo:
-            # Taken before a crash kept the marker from being written: the derived patch may
-            # differ now (the target moved), but it is the same request.
+        if existing is not None and existing.source == source:
+            # This very note was taken before a crash kept the marker from being written: the
+            # derived patch may differ now (the target moved), but it is the same request. (A
+            # changed note with a used id goes on to accept(), which refuses it `duplicate`.)
             return Outcome(existing.id, existing.state, existing.error, repeated=True)
         if derived.error is not None:
             from hyperion.requests import claimed_id
