@@ -433,3 +433,19 @@ def test_remote_mode_fetches_requests_and_pushes_landed_commits_and_notes_back(
     assert git(server, "show", "main:other.txt") == "by hand\n"
     assert git(server, "show", "main:app.py") == "VALUE = 31\n"
     assert gs.record("m1")["state"] == "landed"
+
+
+def test_a_symlink_in_the_inbox_is_refused_and_other_files_are_ignored(gs: GitSetup) -> None:
+    (gs.agent / "inbox").mkdir()
+    os.symlink("/etc/passwd", gs.agent / "inbox" / "link.json")
+    (gs.agent / "inbox" / "README.md").write_text("requests go here\n")
+    (gs.agent / "inbox" / ".draft.json").write_text("{}")
+    git(gs.agent, "add", "-A")
+    git(gs.agent, "commit", "-q", "-m", "odd files")
+    commit = git(gs.agent, "rev-parse", "HEAD").strip()
+    git(gs.agent, "push", "-q", "origin", "HEAD:refs/heads/hyperion-inbox")
+    gs.run_once()
+    [record] = gs.records()
+    assert record["state"] == "rejected" and record["error"]["code"] == "path_traversal"
+    [line] = gs.notes("refs/notes/hyperion", commit)
+    assert line["error"]["code"] == "path_traversal"

@@ -32,6 +32,7 @@ log = logging.getLogger("hyperion.report.notes")
 RETRY_MIN_S = 2.0
 RETRY_MAX_S = 600.0
 SWEEP_EVERY_S = 5.0
+PRUNE_EVERY_S = 3600.0
 
 
 class NoteTarget(BaseModel):
@@ -86,6 +87,7 @@ class ResultNotes:
         self.config = config
         self.outbox = Spool(config.state_dir / "notes")
         self._next_sweep = 0.0
+        self._next_prune = 0.0
 
     def queue(self, record: Record) -> bool:
         """Queue the note lines of a terminal record; False when there is nothing to write or
@@ -104,6 +106,9 @@ class ResultNotes:
         if time.monotonic() >= self._next_sweep:
             self.outbox.sweep()
             self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+        if time.monotonic() >= self._next_prune:
+            self.outbox.prune(self.config.retention_days * 86400)
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
         written = 0
         while True:
             lease = self.outbox.lease(owner, ttl_s=120)
