@@ -449,3 +449,20 @@ def test_a_symlink_in_the_inbox_is_refused_and_other_files_are_ignored(gs: GitSe
     assert record["state"] == "rejected" and record["error"]["code"] == "path_traversal"
     [line] = gs.notes("refs/notes/hyperion", commit)
     assert line["error"]["code"] == "path_traversal"
+
+
+def test_an_oversized_pushed_file_is_refused_too_large_by_the_hook_and_the_intake(
+        gs: GitSetup) -> None:
+    gs.config.write_text(config_text(gs.bare) + "limits:\n  max_request_bytes: 2000\n")
+    big = gs.request("big1", {"app.py": "VALUE = 1\n" + "# padding\n" * 400})
+    commit = gs.push_request("big1.json", big)
+    gs.run_once()
+    [record] = gs.records()
+    assert record["error"]["code"] == "too_large" and record["state"] == "rejected"
+    assert gs.notes("refs/notes/hyperion", commit)[0]["error"]["code"] == "too_large"
+    _install_hook(gs)
+    (gs.agent / "inbox" / "big2.json").write_text(json.dumps({**big, "id": "big2"}))
+    git(gs.agent, "add", "-A")
+    git(gs.agent, "commit", "-q", "-m", "big again")
+    out = _push(gs.agent, "HEAD:refs/heads/hyperion-inbox")
+    assert out.returncode != 0 and "inbox/big2.json" in out.stderr and "too_large" in out.stderr

@@ -215,6 +215,11 @@ class GitRepo:
         return git(args, cwd=self.git_dir, input=input, env=self.objects_env or None,
                    check=check)
 
+    def object_size(self, sha: str) -> int | None:
+        proc = self._read(["cat-file", "-s", sha], check=False)
+        return int(proc.stdout) if proc.returncode == 0 and proc.stdout.strip().isdigit() \
+            else None
+
     def has_commit(self, sha: str) -> bool:
         return self._read(["cat-file", "-e", f"{sha}^{{commit}}"], check=False).returncode == 0
 

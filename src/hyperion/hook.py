@@ -62,7 +62,7 @@ def pre_receive(config: Config, git_dir: Path, updates: Iterable[str],
     from hyperion.gate.policy import load_policy
     from hyperion.gitops import GitRepo
     from hyperion.intake.git_objects import GitObjects
-    from hyperion.intake.git_requests import gate_error, request_from_note
+    from hyperion.intake.git_requests import gate_error, oversized, request_from_note
 
     policy = load_policy(config.policy)
     git = GitRepo(git_dir, objects_env=quarantine)
@@ -78,14 +78,18 @@ def pre_receive(config: Config, git_dir: Path, updates: Iterable[str],
                                 "inbox entries must be regular files, not symbolic links; "
                                 "commit the request file itself"))))
                         continue
-                    error = gate_error(config, policy, objects.blob(pushed.blob))
+                    error = oversized(git, pushed.blob, config) or \
+                        gate_error(config, policy, objects.blob(pushed.blob))
                     if error is not None:
                         refusals.append(Refusal(where, error))
             else:
                 for commit, blob in objects.new_notes(old, new):
                     where = f"the note on {commit[:12]} in {ref}"
-                    derived = request_from_note(git, name, config, commit, objects.blob(blob))
-                    error = derived.error or gate_error(config, policy, derived.data)
+                    error = oversized(git, blob, config)
+                    if error is None:
+                        derived = request_from_note(git, name, config, commit,
+                                                    objects.blob(blob))
+                        error = derived.error or gate_error(config, policy, derived.data)
                     if error is not None:
                         refusals.append(Refusal(where, error))
     return refusals

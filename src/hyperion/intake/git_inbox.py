@@ -33,7 +33,7 @@ from hyperion.intake.git_remote import (
     remote_syncs,
     run_remote,
 )
-from hyperion.intake.git_requests import request_from_note
+from hyperion.intake.git_requests import oversized, request_from_note
 from hyperion.intake.git_state import GitInboxState
 from hyperion.records import Source
 
@@ -90,6 +90,10 @@ class GitInbox:
                 "file itself"))
             marker = f"{pushed.path} -> (not followed), blob {pushed.blob}\n".encode()
             return reject(self.app, marker, source, None, None, info, "git-inbox")
+        large = oversized(self.git, pushed.blob, self.app.config)
+        if large is not None:
+            marker = f"{pushed.path}: blob {pushed.blob} (too large; not read)\n".encode()
+            return reject(self.app, marker, source, None, None, large, "git-inbox")
         outcome = accept(self.app, objects.blob(pushed.blob), source, by="git-inbox")
         log.info("git inbox %s: %s from %s is %s", self.repo, outcome.id, pushed.path,
                  outcome.state.value, extra={"request_id": outcome.id})
@@ -114,6 +118,10 @@ class GitInbox:
     def _note(self, objects: GitObjects, commit: str, blob: str, ref: str) -> Outcome:
         source = Source(kind="git-note", name=f"{self.repo}:{commit[:12]}:{ref}@{blob[:12]}",
                         repo=self.repo, commit=commit, path=ref)
+        large = oversized(self.git, blob, self.app.config)
+        if large is not None:
+            marker = f"note on {commit}: blob {blob} (too large; not read)\n".encode()
+            return reject(self.app, marker, source, None, None, large, "git-note")
         note = objects.blob(blob)
         derived = request_from_note(self.git, self.repo, self.app.config, commit, note)
         claimed = derived.obj.get("id") if isinstance(derived.obj, dict) else None

@@ -105,6 +105,17 @@ def request_from_note(git: GitRepo, repo: str, config: Config, commit: str,
     return NoteRequest(json.dumps(derived, ensure_ascii=False).encode(), obj, None)
 
 
+def oversized(git: GitRepo, blob: str, config: Config) -> ErrorInfo | None:
+    """too_large for a pushed blob over the request limit, found without reading it (a push
+    can carry a blob of any size)."""
+    size = git.object_size(blob)
+    limit = config.limits.max_request_bytes
+    if size is None or size <= limit:
+        return None
+    return ErrorInfo(code=Code.TOO_LARGE, message=f"the request is {size} bytes, over the "
+                     f"limit of {limit}; split the change")
+
+
 def gate_error(config: Config, policy: Policy, data: bytes) -> ErrorInfo | None:
     """The gate's refusal of these bytes (parse, schema, policy, secrets, patch), or None.
     Stores nothing: what a pre-receive hook runs, with the same codes and messages."""
