@@ -36,6 +36,7 @@ from hyperion.intake.git_remote import (
 from hyperion.intake.git_requests import oversized, request_from_note
 from hyperion.intake.git_state import GitInboxState
 from hyperion.records import Source
+from hyperion.requests import claimed_id
 
 log = logging.getLogger("hyperion.intake.git")
 
@@ -124,18 +125,16 @@ class GitInbox:
             return reject(self.app, marker, source, None, None, large, "git-note")
         note = objects.blob(blob)
         derived = request_from_note(self.git, self.repo, self.app.config, commit, note)
-        claimed = derived.obj.get("id") if isinstance(derived.obj, dict) else None
-        existing = self.app.records.get(claimed) if isinstance(claimed, str) else None
+        claimed = claimed_id(derived.obj)    # only a well-formed id names a record file
+        existing = self.app.records.get(claimed) if claimed is not None else None
         if existing is not None and existing.source == source:
             # This very note was taken before a crash kept the marker from being written: the
             # derived patch may differ now (the target moved), but it is the same request. (A
             # changed note with a used id goes on to accept(), which refuses it `duplicate`.)
             return Outcome(existing.id, existing.state, existing.error, repeated=True)
         if derived.error is not None:
-            from hyperion.requests import claimed_id
-
-            outcome = reject(self.app, derived.data, source, claimed_id(derived.obj),
-                             derived.obj, derived.error, "git-note")
+            outcome = reject(self.app, derived.data, source, claimed, derived.obj,
+                             derived.error, "git-note")
         else:
             outcome = accept(self.app, derived.data, source, by="git-note")
         log.info("git note %s: %s on %s is %s", self.repo, outcome.id, commit[:12],
