@@ -466,3 +466,49 @@ def test_an_oversized_pushed_file_is_refused_too_large_by_the_hook_and_the_intak
     git(gs.agent, "commit", "-q", "-m", "big again")
     out = _push(gs.agent, "HEAD:refs/heads/hyperion-inbox")
     assert out.returncode != 0 and "inbox/big2.json" in out.stderr and "too_large" in out.stderr
+
+
+def test_any_note_becomes_a_change_request_or_a_refusal(tmp_path: Path) -> None:
+    """Hostile note contents never crash the derivation, and what it derives passes the
+    gate's parsing (a refusal is an ErrorInfo, never an exception)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from hyperion.config import parse_config
+    from hyperion.gate.policy import load_policy
+    from hyperion.gitops import GitRepo
+    from hyperion.intake.git_requests import gate_error, request_from_note
+
+    bare = make_repo(tmp_path / "demo.git", BASE_FILES, bare=True)
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", f"file://{bare}", str(work))
+    (work / "app.py").write_text("VALUE = 99\n")
+    git(work, "commit", "-q", "-am", "ninety-nine")
+    git(work, "push", "-q", "origin", "HEAD:refs/heads/side")
+    commit = git(work, "rev-parse", "HEAD").strip()
+    path = tmp_path / "hyperion.yaml"
+    path.write_text(config_text(bare))
+    config = parse_config(path.read_text(), path)
+    policy = load_policy(None)
+    repo = GitRepo(bare)
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=30),
+                        st.sampled_from(["main", "side", "demo", "change", "x", "-main",
+                                         "main~1", "../x", "HEAD"]))
+    keys = st.sampled_from(["kind", "version", "id", "agent", "title", "target", "repo",
+                            "base", "checks", "patch", "changes", "commit", "body"])
+    objects = st.dictionaries(keys, scalars, max_size=8).map(
+        lambda d: {"kind": "change", "version": 1, "id": "p1", "agent": "a", "title": "t",
+                   **d})
+    notes = st.one_of(st.binary(max_size=64), objects.map(lambda d: json.dumps(d).encode()))
+
+    @settings(max_examples=80, deadline=None)
+    @given(note=notes, on=st.sampled_from([commit, "0" * 40]))
+    def check(note: bytes, on: str) -> None:
+        derived = request_from_note(repo, "demo", config, on, note)
+        if derived.error is None and derived.data is not note:
+            body = json.loads(derived.data)
+            assert body["patch"].startswith("diff --git a/app.py b/app.py")
+            assert body["changes"] == [{"path": "app.py", "operation": "update"}]
+        gate_error(config, policy, derived.data)
+
+    check()

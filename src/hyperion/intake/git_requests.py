@@ -10,6 +10,7 @@ gate judges exactly what will be applied.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,13 @@ from hyperion.gate.policy import Policy, check_approver
 from hyperion.gate.verdict import judge, repo_name
 from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
 from hyperion.records import Record
-from hyperion.requests import ApprovalRequest, ChangeRequest, incoming_from_json, load_json
+from hyperion.requests import (
+    REF_PATTERN,
+    ApprovalRequest,
+    ChangeRequest,
+    incoming_from_json,
+    load_json,
+)
 
 DERIVED_FIELDS = ("patch", "changes", "commit")
 
@@ -64,13 +71,13 @@ def request_from_note(git: GitRepo, repo: str, config: Config, commit: str,
                        f"repository it was pushed to ({repo}); drop `repo` or name {repo!r}",
                        "repo")
     target = obj.get("target", config.repos[repo].target)
-    if not isinstance(target, str):
+    if not isinstance(target, str) or not re.match(REF_PATTERN, target):
         return NoteRequest(note, obj, None)    # the schema check names the field
     try:
         if not git.has_commit(commit):
             return _refuse(note, obj, Code.BAD_PATCH, f"the annotated commit {commit[:12]} is "
                            "not in the repository; push it too (on any branch)")
-        tip = git.resolve(f"refs/heads/{target}") if not target.startswith("-") else None
+        tip = git.resolve(f"refs/heads/{target}")
         if tip is None:
             return _refuse(note, obj, Code.SCHEMA_VIOLATION, f"the target branch {target!r} "
                            "does not exist", "target")
