@@ -512,3 +512,18 @@ def test_any_note_becomes_a_change_request_or_a_refusal(tmp_path: Path) -> None:
         gate_error(config, policy, derived.data)
 
     check()
+
+
+def test_the_running_daemon_takes_a_pushed_request_note(
+        gs: GitSetup, daemon: subprocess.Popen[str]) -> None:
+    work = gs.root / "work"
+    git(gs.root, "clone", "-q", f"file://{gs.bare}", str(work))
+    (work / "docs" / "readme.txt").write_text("from a note\n")
+    git(work, "commit", "-q", "-am", "Docs by note")
+    commit = git(work, "rev-parse", "HEAD").strip()
+    note = {"kind": "change", "version": 1, "id": "dn1", "agent": "a", "title": "docs"}
+    git(work, "notes", "--ref=hyperion-inbox", "add", "-m", json.dumps(note), commit)
+    git(work, "push", "-q", "origin", "HEAD:refs/heads/agent/docs", "refs/notes/hyperion-inbox")
+    record = _wait_for(gs, "dn1", {"landed", "failed", "rejected"})
+    assert record["state"] == "landed", record["error"]
+    assert git(gs.bare, "show", "main:docs/readme.txt") == "from a note\n"
