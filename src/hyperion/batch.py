@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 from hyperion import landing
 from hyperion.apply import ApplyConflict, apply_patch, render_report
 from hyperion.errors import Code, ErrorInfo
-from hyperion.gitops import GitRepo, author_identity, commit_message
+from hyperion.gitops import GitRepo
+from hyperion.intake.git_requests import landing_identity
 from hyperion.outcome import Failed, Retry, Timings
 from hyperion.pool import WorktreePool
 from hyperion.records import CheckResult, Record, State
@@ -155,8 +156,8 @@ class Batch:
                 self._reset(repo, worktree, parent)
                 self.fail(m, exc.info)
                 continue
-            message = commit_message(request.title, request.body, request.id)
-            commit = repo.commit(worktree, parent, message, author_identity(request.agent))
+            message, author, author_date = landing_identity(repo, m.record, request)
+            commit = repo.commit(worktree, parent, message, author, author_date)
             self.app.records.update(m.record.id, applied_onto=parent, base_commit=base_commit,
                                     apply_method=applied.method)
             chain.append(_Link(m, commit))

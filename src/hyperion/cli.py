@@ -604,6 +604,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_hook_pre_receive(args: argparse.Namespace) -> int:
+    from hyperion.hook import hook_git_dir, pre_receive
+    from hyperion.intake.git_objects import quarantine_env
+
+    config = _config(args)
+    try:
+        refusals = pre_receive(config, hook_git_dir(), sys.stdin.read().splitlines(),
+                               quarantine_env())
+    except Exception as exc:  # a gate that cannot judge refuses rather than lets through
+        print(f"hyperion: the push could not be checked ({type(exc).__name__}: "
+              f"{str(exc)[:300]}); refused", file=sys.stderr)
+        return EXIT_PROBLEM
+    for refusal in refusals:
+        print(str(refusal), file=sys.stderr)
+    return EXIT_PROBLEM if refusals else EXIT_OK
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -691,6 +708,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = notify_sub.add_parser("test", parents=[common, fmt],
                               help="send a test message through every target; print each result")
     q.set_defaults(func=cmd_notify_test)
+
+    p = sub.add_parser("hook", help="git hooks for the git inbox")
+    hook_sub = p.add_subparsers(dest="hook_command", required=True, metavar="HOOK")
+    q = hook_sub.add_parser("pre-receive", parents=[common], help="refuse pushed requests the "
+                            "gate refuses (install as a repository's pre-receive hook)")
+    q.set_defaults(func=cmd_hook_pre_receive)
 
     p = sub.add_parser("top", parents=[common], help="a live view of the queue and events")
     p.add_argument("--state", help="show only records in this state (f cycles while running)")

@@ -37,6 +37,45 @@ class _Strict(BaseModel):
 
 class BatchConfig(_Strict):
     max: int = Field(ge=1, le=100, description="Most requests checked together.")
+def _usable_ref_name(value: str) -> str:
+    if value.startswith(("-", "/")) or value.endswith(("/", ".lock")) or ".." in value \
+            or "//" in value or any(c in value for c in " ~^:?*[\\") \
+            or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} is not a usable ref name")
+    return value
+
+
+class GitInboxConfig(_Strict):
+    """Requests by git push: files under inbox/ on a branch, and notes on pushed commits."""
+
+    branch: str | None = Field("hyperion-inbox", description=(
+        "Branch whose inbox/ folder holds request files (null: no inbox branch)."))
+    notes_ref: str | None = Field("refs/notes/hyperion-inbox", description=(
+        "Notes ref whose notes are change requests for the commits they annotate "
+        "(null: no note requests)."))
+    poll_s: float = Field(30, gt=0, le=3600, description=(
+        "Fallback check of the refs, in case a file-system event was missed."))
+    remote: str | None = Field(None, min_length=1, description=(
+        "Remote mode, for a gate that is not on the git server: fetch the inbox branch, the "
+        "request notes and the branches from this URL every `fetch_s`, and push landed "
+        "commits and result notes back (atomic push). `path` is then a bare clone that "
+        "hyperion keeps (created when missing)."))
+    fetch_s: float = Field(15, gt=0, le=86400, description="Remote mode: seconds between "
+                           "fetches (and pushes of what landed meanwhile).")
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, value: str | None) -> str | None:
+        return None if value is None else _usable_ref_name(value.removeprefix("refs/heads/"))
+
+    @field_validator("notes_ref")
+    @classmethod
+    def _notes(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("refs/notes/"):
+            raise ValueError("must be a ref under refs/notes/, e.g. refs/notes/hyperion-inbox")
+        return _usable_ref_name(value)
 
 
 class RepoConfig(_Strict):
@@ -51,6 +90,11 @@ class RepoConfig(_Strict):
     remote: str | None = Field(None, min_length=1, description=(
         "With land: push, the remote (a name configured in the repository, or a URL) whose "
         "target branch is fetched before each attempt and pushed to on landing."))
+    git_inbox: GitInboxConfig | None = Field(None, description=(
+        "Take requests pushed to this repository (an inbox branch and/or request notes)."))
+    results_ref: str | None = Field("refs/notes/hyperion", description=(
+        "Notes ref for results: one JSON line per outcome on the landed commit and on the "
+        "commit a git request came from (null: write no notes)."))
 
     @field_validator("target")
     @classmethod
@@ -58,6 +102,23 @@ class RepoConfig(_Strict):
         if value.startswith(("-", "/")) or ".." in value or any(c in value for c in " ~^:?*[\\"):
             raise ValueError(f"{value!r} is not a usable branch name")
         return value
+
+    @field_validator("results_ref")
+    @classmethod
+    def _results(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("refs/notes/"):
+            raise ValueError("must be a ref under refs/notes/, e.g. refs/notes/hyperion")
+        return _usable_ref_name(value)
+
+    @model_validator(mode="after")
+    def _distinct_notes(self) -> RepoConfig:
+        if self.git_inbox is not None and self.results_ref is not None \
+                and self.git_inbox.notes_ref == self.results_ref:
+            raise ValueError("results_ref and git_inbox.notes_ref must differ: results "
+                             "would be read back as requests")
+        return self
 
     @field_validator("remote")
     @classmethod

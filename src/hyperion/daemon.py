@@ -28,6 +28,8 @@ from hyperion.app import App
 from hyperion.config import ConfigError, load_config
 from hyperion.instances import Registration
 from hyperion.intake.dependencies import reconcile
+from hyperion.intake.git_inbox import start_git_intake, take_git_once
+from hyperion.intake.git_remote import push_all
 from hyperion.intake.inbox import Inbox, InboxWatcher
 from hyperion.landing import recover_checkouts
 from hyperion.metrics import METRICS, MetricsServer
@@ -79,6 +81,7 @@ def run_once(app: App, *, workers: int) -> None:
     """Ingest what waits in the inbox, then work until nothing is ready or running."""
     _recover(app)
     Inbox(app).scan(wait=True)
+    syncs = take_git_once(app)
     pool = [Worker(app, _worker_name(i)) for i in range(workers)]
     while True:
         threads = [threading.Thread(target=_drain, args=(w,), name=w.name) for w in pool]
@@ -89,6 +92,7 @@ def run_once(app: App, *, workers: int) -> None:
         ready_at = app.spool.next_ready_at()
         if ready_at is None or ready_at > time.time():
             app.reporter.deliver_ready(f"{_worker_name(0)}:notify")
+            push_all(syncs)
             return
 
 
@@ -153,8 +157,9 @@ class Daemon:
         inbox.scan()
         intake = threading.Thread(target=watcher.run, args=(self.stop,), name="intake",
                                   daemon=True)
+        git_watcher, git_threads = start_git_intake(app, self.stop)
         notify = threading.Thread(target=self._deliver, name="notify", daemon=True)
-        threads = [intake, notify]
+        threads = [intake, *git_threads, notify]
         for i in range(self.workers):
             worker = Worker(app, _worker_name(i))
             self._busy[worker.name] = None
@@ -195,6 +200,7 @@ class Daemon:
             self._wake.wait(interval)
             self._wake.clear()
         self._shutdown(watcher, threads)
+        git_watcher.stop()
         if server is not None:
             server.stop()
 

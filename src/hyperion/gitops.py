@@ -24,6 +24,8 @@ SAFE_CONFIG = (
     "-c", "maintenance.auto=false",
 )
 COMMITTER = ("hyperion", "hyperion@localhost")
+ZERO_OID = "0" * 40
+NOTE_ATTEMPTS = 50
 TRAILER = "Hyperion-Request"
 _TRAILER_LINE = re.compile(rf"^\s*{TRAILER}\s*:", re.IGNORECASE | re.MULTILINE)
 
@@ -102,9 +104,23 @@ class PushRefusal:
     detail: str
 
 
+@dataclass(frozen=True)
+class CommitOrigin:
+    """Who wrote a commit and what they said: kept when hyperion re-lands it."""
+
+    author_name: str
+    author_email: str
+    author_date: str     # git's raw format: "<seconds> <+zone>"
+    message: str
+
+
 class GitRepo:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, objects_env: dict[str, str] | None = None) -> None:
+        """``objects_env``: GIT_OBJECT_DIRECTORY / GIT_ALTERNATE_OBJECT_DIRECTORIES to read
+        through, deliberately passed on (a pre-receive hook reads pushed objects from the
+        quarantine folder git names there); every other inherited GIT_* variable is dropped."""
         self.path = path
+        self.objects_env = dict(objects_env or {})
         if not path.exists():
             raise GitError(["rev-parse"], 128, f"{path} does not exist")
         out = _out(["rev-parse", "--absolute-git-dir", "--is-bare-repository"], cwd=path)
@@ -131,12 +147,6 @@ class GitRepo:
             if sha and request_id in values.split():
                 return sha
         return None
-
-    def diff(self, old: str, new: str) -> str:
-        """The patch from ``old`` to ``new`` as git apply takes it (binary, renames found)."""
-        return git(["diff", "--binary", "--full-index", "--no-color", "--no-ext-diff",
-                    "--no-textconv", "-M", old, new, "--"],
-                   cwd=self.git_dir).stdout.decode("utf-8", errors="surrogateescape")
 
     def checkout(self) -> Checkout | None:
         """The repository's own working tree, unless bare."""
@@ -216,10 +226,13 @@ class GitRepo:
         git(["apply", "--index", "--whitespace=nowarn", "-"], cwd=worktree, input=patch.encode())
 
     @staticmethod
-    def commit(worktree: Path, parent: str, message: str, author: tuple[str, str]) -> str:
+    def commit(worktree: Path, parent: str, message: str, author: tuple[str, str],
+               author_date: str | None = None) -> str:
         tree = _out(["write-tree"], cwd=worktree)
         env = {"GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1],
                "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
+        if author_date is not None:
+            env["GIT_AUTHOR_DATE"] = author_date
         sha = git(["commit-tree", tree, "-p", parent, "-F", "-"], cwd=worktree,
                   input=message.encode(), env=env).stdout.decode().strip()
         git(["update-ref", "--no-deref", "HEAD", sha], cwd=worktree)
@@ -298,7 +311,8 @@ class GitRepo:
                    cwd=self.git_dir, check=False)
         return proc.returncode == 0
 
-    def set_ref(self, ref: str, commit: str) -> None:
+    def force_ref(self, ref: str, commit: str) -> None:
+        """Point ``ref`` at ``commit`` whatever it was (hyperion's own tracking refs)."""
         git(["update-ref", ref, commit], cwd=self.git_dir)
 
     def fetch_branch(self, remote: str, branch: str, into: str) -> str | None:
@@ -358,3 +372,133 @@ class GitRepo:
         """
         proc = git(["read-tree", "-u", "-m", old, new], cwd=top, check=False)
         return None if proc.returncode == 0 else proc.stderr.decode(errors="replace").strip()
+
+    # -- commits requested by notes (read through objects_env when a hook set it)
+    def _read(self, args: Sequence[str], *, input: bytes | None = None,
+              check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        return git(args, cwd=self.git_dir, input=input, env=self.objects_env or None,
+                   check=check)
+
+    def object_size(self, sha: str) -> int | None:
+        proc = self._read(["cat-file", "-s", sha], check=False)
+        return int(proc.stdout) if proc.returncode == 0 and proc.stdout.strip().isdigit() \
+            else None
+
+    def has_commit(self, sha: str) -> bool:
+        return self._read(["cat-file", "-e", f"{sha}^{{commit}}"], check=False).returncode == 0
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        proc = self._read(["merge-base", "--end-of-options", a, b], check=False)
+        return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
+
+    def diff(self, old: str, new: str) -> bytes:
+        """A git-style diff of two commits that `git apply` takes back (binary included)."""
+        return self._read(["diff", "--binary", "--full-index", "--no-renames", "--no-color",
+                           "--no-ext-diff", "--no-textconv", "--end-of-options", old, new,
+                           "--"]).stdout
+
+    def commit_origin(self, sha: str) -> CommitOrigin | None:
+        proc = self._read(["cat-file", "commit", sha], check=False)
+        if proc.returncode != 0:
+            return None
+        header, _, message = proc.stdout.decode("utf-8", errors="replace").partition("\n\n")
+        for line in header.splitlines():
+            if line.startswith("author "):
+                m = re.match(r"^author (.*) <([^>]*)> (\d+ [+-]\d{4})$", line)
+                if m:
+                    return CommitOrigin(m.group(1), m.group(2), m.group(3), message)
+        return None
+
+    # -- results as notes
+    def _ref_value(self, ref: str) -> str | None:
+        proc = git(["rev-parse", "--verify", "--quiet", "--end-of-options", ref],
+                   cwd=self.git_dir, check=False)
+        return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
+
+    def add_note_lines(self, ref: str, commit: str, lines: Sequence[str], reason: str) -> bool:
+        """Add ``lines`` to the note on ``commit`` in ``ref``; False when all were there.
+
+        Written with plumbing (blob, tree, commit), then the ref is moved by compare-and-swap
+        (`update-ref ref new old`) and the whole step retried when another writer won the
+        race: `git notes add` would overwrite a concurrent note. Lines already present are not
+        added again, so writing the same outcome twice changes nothing."""
+        flat = commit.lower()
+        # The note may sit at any fan-out depth (ab/cdef..., ab/cd/ef...): keep its place.
+        paths = ["/".join([*(flat[2 * j:2 * j + 2] for j in range(depth)), flat[2 * depth:]])
+                 for depth in range(4)]
+        env = {"GIT_AUTHOR_NAME": COMMITTER[0], "GIT_AUTHOR_EMAIL": COMMITTER[1],
+               "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
+        for _ in range(NOTE_ATTEMPTS):
+            old = self._ref_value(ref)
+            path, have = flat, []
+            if old is not None:
+                out = _out(["ls-tree", "-r", "--full-tree", old, "--", *paths], cwd=self.git_dir)
+                if out:
+                    meta, _, path = out.splitlines()[0].partition("\t")
+                    blob = meta.split()[2]
+                    text = git(["cat-file", "blob", blob], cwd=self.git_dir).stdout.decode(
+                        "utf-8", errors="replace")
+                    have = [line for line in text.splitlines() if line.strip()]
+            missing = [line for line in lines if line not in have]
+            if not missing:
+                return False
+            content = "\n".join([*have, *dict.fromkeys(missing)]) + "\n"
+            blob = git(["hash-object", "-w", "--stdin"], cwd=self.git_dir,
+                       input=content.encode()).stdout.decode().strip()
+            with tempfile.TemporaryDirectory(prefix="hyperion-note-") as tmp:
+                index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+                if old is not None:
+                    git(["read-tree", old], cwd=self.git_dir, env=index)
+                git(["update-index", "--add", "--index-info"], cwd=self.git_dir, env=index,
+                    input=f"100644 {blob}\t{path}\n".encode())
+                tree = git(["write-tree"], cwd=self.git_dir, env=index).stdout.decode().strip()
+            parents = ["-p", old] if old is not None else []
+            new = git(["commit-tree", tree, *parents, "-m", reason], cwd=self.git_dir,
+                      env=env).stdout.decode().strip()
+            proc = git(["update-ref", "-m", reason, ref, new, old or ZERO_OID],
+                       cwd=self.git_dir, check=False)
+            if proc.returncode == 0:
+                return True
+        raise GitError(["update-ref", ref], 1, f"{ref} kept moving: gave up after "
+                       f"{NOTE_ATTEMPTS} attempts to add a note")
+
+    # -- remote mode
+    @staticmethod
+    def init_bare(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        git(["init", "--quiet", "--bare", "--end-of-options", str(path)], cwd=path.parent)
+
+    def fetch(self, url: str, refspecs: Sequence[str]) -> None:
+        git(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+             "--end-of-options", url, *refspecs], cwd=self.git_dir)
+
+    def push_atomic(self, url: str, updates: Sequence[tuple[str, str, str | None]]) -> str | None:
+        """Push ``(local ref, remote ref, expected remote value or None for absent)`` all or
+        nothing, each a compare-and-swap on the remote (--force-with-lease); None on success,
+        else git's reason."""
+        args = ["push", "--quiet", "--atomic", "--porcelain", "--no-verify"]
+        for _, remote_ref, expected in updates:
+            args.append(f"--force-with-lease={remote_ref}:{expected or ''}")
+        args += ["--end-of-options", url, *(f"{local}:{remote}" for local, remote, _ in updates)]
+        proc = git(args, cwd=self.git_dir, check=False)
+        if proc.returncode == 0:
+            return None
+        return (proc.stderr + proc.stdout).decode(errors="replace").strip()[:2000]
+
+    def refs(self, prefix: str) -> dict[str, str]:
+        """Ref name -> commit, for the refs under ``prefix``."""
+        out = _out(["for-each-ref", "--format=%(refname) %(objectname)", prefix],
+                   cwd=self.git_dir)
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+    def ref_value(self, ref: str) -> str | None:
+        return self._ref_value(ref)
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        return git(["merge-base", "--is-ancestor", ancestor, descendant], cwd=self.git_dir,
+                   check=False).returncode == 0
+
+    def set_ref(self, ref: str, new: str, old: str | None, reason: str) -> bool:
+        """Compare-and-swap any ref (``old`` None: it must not exist yet)."""
+        return git(["update-ref", "-m", reason, ref, new, old or ZERO_OID], cwd=self.git_dir,
+                   check=False).returncode == 0

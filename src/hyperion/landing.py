@@ -178,7 +178,7 @@ class PushLander:
     def land(self, record: Record, target: str, commit: str, tip: str) -> None:
         refused = self.repo.push_cas(self.remote, commit, target, tip)
         if refused is None:
-            self.repo.set_ref(self._tracking(target), commit)
+            self.repo.force_ref(self._tracking(target), commit)
             return
         log.info("push of %s to %s refused: %s", record.id, self.remote, refused.detail[:200],
                  extra={"request_id": record.id})

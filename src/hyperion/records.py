@@ -67,8 +67,14 @@ class CheckResult(BaseModel):
 
 
 class Source(BaseModel):
-    kind: str          # "inbox" | "cli" | "rollback" (name: the request reverted)
-    name: str          # the file it came from
+    kind: str          # "inbox" | "cli" | "rollback" | "git-inbox" | "git-note"
+    name: str          # the file it came from (git: "<repo>:<commit>:<path>"; rollback: the
+                       # request reverted)
+    # Git sources: the configured repo, the commit the request came from (the inbox commit
+    # that added the file, or the commit a note annotates) and the file's path or note ref.
+    repo: str | None = None
+    commit: str | None = None
+    path: str | None = None
 
 
 class Record(BaseModel):

@@ -27,6 +27,7 @@ from hyperion.config import Config, NotifyConfig, redact_url
 from hyperion.gate.secrets import redact
 from hyperion.metrics import METRICS
 from hyperion.records import Record, State
+from hyperion.result_notes import ResultNotes
 from hyperion.spool import Lease, LeaseLost, Spool
 
 log = logging.getLogger("hyperion.report")
@@ -116,6 +117,7 @@ class Reporter:
         self.config = config
         self.notify: NotifyConfig = config.notify
         self.outbox = Spool(config.state_dir / "outbox")
+        self.notes = ResultNotes(config)
         self._client: Any = None
         self._lock = threading.Lock()
         self._sent: dict[str, list[float]] = {}   # per rate-limited tag: recent send times
@@ -123,13 +125,16 @@ class Reporter:
     # ---------------------------------------------------------------- writing messages
     def outcome(self, record: Record) -> bool:
         """Queue the one notification for a record's current (terminal or held) state.
-        False when there is nothing to send or it was queued before."""
+        False when there is nothing to send or it was queued before. A terminal state also
+        queues its result note (result_notes)."""
+        noted = self.notes.queue(record)
         if record.state not in NOTIFY_TYPES:
-            return False
+            return noted
         event = record.state.value
         title, body = self._render(event, record)
         key = _key(record.id, str(len(record.history)), event)
-        return self._queue(key, event, title, body, NOTIFY_TYPES[record.state], record.id)
+        return self._queue(key, event, title, body, NOTIFY_TYPES[record.state],
+                           record.id) or noted
 
     def notice(self, record: Record, text: str) -> bool:
         """An informational notification about a record that is not (yet) an outcome."""
@@ -170,7 +175,7 @@ class Reporter:
 
         All ready messages are taken at once, so that a burst over a tag's rate limit can go
         out as one digest."""
-        delivered = 0
+        delivered = self.notes.deliver_ready(owner)
         while stop is None or not stop.is_set():
             batch: list[tuple[Lease, Message]] = []
             while len(batch) < BATCH:

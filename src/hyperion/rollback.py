@@ -50,7 +50,7 @@ def rollback_request(app: App, record_id: str, *, by: str, reason: str) -> tuple
     rollback_id = _free_id(app, record_id)
     repo = GitRepo(repo_config.path)
     commit = original.landed_commit
-    patch = repo.diff(commit, f"{commit}^")
+    patch = repo.diff(commit, f"{commit}^").decode("utf-8", errors="surrogateescape")
     if not patch.strip():
         raise RollbackRefused(f"{record_id}'s commit {commit[:12]} changed nothing to revert")
     try:

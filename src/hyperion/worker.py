@@ -28,8 +28,9 @@ from hyperion.app import App
 from hyperion.apply import ApplyConflict, apply_patch, render_report
 from hyperion.batch import run_batch
 from hyperion.errors import Code, ErrorInfo
-from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
+from hyperion.gitops import GitError, GitRepo
 from hyperion.intake.dependencies import settle_dependents
+from hyperion.intake.git_requests import landing_identity
 from hyperion.outcome import Failed, Result, Retry, Timings
 from hyperion.pool import WorktreePool
 from hyperion.records import CheckResult, Record, State
@@ -301,8 +302,8 @@ class Worker:
                         record.id, target, request.base, exc.report))
                     raise Failed(Code.APPLY_CONFLICT, exc.message) from None
                 self._check_hashes(request, worktree, repo, applied.own_tree)
-                message = commit_message(request.title, request.body, request.id)
-                commit = repo.commit(worktree, tip, message, author_identity(request.agent))
+                message, author, author_date = landing_identity(repo, record, request)
+                commit = repo.commit(worktree, tip, message, author, author_date)
             self.app.records.update(record.id, applied_onto=tip, base_commit=base_commit,
                                     apply_method=applied.method)
             self._run_checks(request, record, worktree, timings)

@@ -1,0 +1,159 @@
+"""Results as git notes: one JSON line per outcome, on the landed commit and on the commit a git
+request came from (its inbox commit, or the commit its note annotates).
+
+A line is ``{id, state, error, base, applied_onto, landed, checks: [{name, ok, seconds}], at}``;
+a note holds one line per outcome, so ``git notes merge -s cat_sort_uniq`` unions two copies.
+Writing goes through a durable outbox (state_dir/notes/, a :class:`Spool` keyed one item per
+record state), like notifications: a note is not lost when the process dies right after the
+terminal state, and a repository that cannot be written is retried with backoff. Writing the
+same line twice adds nothing (gitops.add_note_lines skips lines already present), so the
+catch-up at start-up (Reporter.outcome of recent records) is harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import time
+
+from pydantic import BaseModel
+
+from hyperion.config import Config
+from hyperion.gate.secrets import redact
+from hyperion.gitops import GitError, GitRepo
+from hyperion.records import TERMINAL, Record
+from hyperion.spool import Lease, LeaseLost, Spool
+
+log = logging.getLogger("hyperion.report.notes")
+
+RETRY_MIN_S = 2.0
+RETRY_MAX_S = 600.0
+SWEEP_EVERY_S = 5.0
+PRUNE_EVERY_S = 3600.0
+
+
+class NoteTarget(BaseModel):
+    repo: str
+    commit: str
+
+
+class PendingNote(BaseModel):
+    request_id: str
+    line: str
+    targets: list[NoteTarget]
+    created_at: float
+
+
+def note_line(record: Record) -> str:
+    error = None
+    if record.error is not None:
+        error = {"code": record.error.code.value, "message": redact(record.error.message),
+                 "path": record.error.path}
+    return json.dumps({
+        "id": record.id, "state": record.state.value, "error": error,
+        "base": record.base_commit or record.base, "applied_onto": record.applied_onto,
+        "landed": record.landed_commit,
+        "checks": [{"name": c.name, "ok": c.ok, "seconds": c.seconds} for c in record.checks],
+        "at": record.updated_at,
+    }, separators=(",", ":"))
+
+
+def note_targets(config: Config, record: Record) -> list[NoteTarget]:
+    """The commits that get this record's line: where it came from, and where it landed."""
+    out = []
+    source = record.source
+    if source.commit is not None and source.repo is not None:
+        repo = config.repos.get(source.repo)
+        if repo is not None and repo.results_ref is not None:
+            out.append(NoteTarget(repo=source.repo, commit=source.commit))
+    if record.landed_commit is not None and record.repo is not None:
+        repo = config.repos.get(record.repo)
+        if repo is not None and repo.results_ref is not None:
+            out.append(NoteTarget(repo=record.repo, commit=record.landed_commit))
+    return out
+
+
+def _key(record: Record) -> str:
+    rid = record.id if len(record.id) <= 80 else \
+        f"{record.id[:60]}-{hashlib.sha256(record.id.encode()).hexdigest()[:12]}"
+    return f"{rid}.{len(record.history)}.{record.state.value}"
+
+
+class ResultNotes:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.outbox = Spool(config.state_dir / "notes")
+        self._next_sweep = 0.0
+        self._next_prune = 0.0
+
+    def queue(self, record: Record) -> bool:
+        """Queue the note lines of a terminal record; False when there is nothing to write or
+        it was queued before."""
+        if record.state not in TERMINAL:
+            return False
+        targets = note_targets(self.config, record)
+        if not targets:
+            return False
+        pending = PendingNote(request_id=record.id, line=note_line(record), targets=targets,
+                              created_at=time.time())
+        return self.outbox.put(_key(record), pending.model_dump_json().encode())
+
+    def deliver_ready(self, owner: str) -> int:
+        """Write every note that is due; returns how many were written."""
+        if time.monotonic() >= self._next_sweep:
+            self.outbox.sweep()
+            self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+        if time.monotonic() >= self._next_prune:
+            self.outbox.prune(self.config.retention_days * 86400)
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        written = 0
+        while True:
+            lease = self.outbox.lease(owner, ttl_s=120)
+            if lease is None:
+                return written
+            try:
+                pending = PendingNote.model_validate_json(lease.payload)
+            except ValueError:
+                self._close(lease, ok=False, why="unreadable")
+                continue
+            if self._write(lease, pending):
+                written += 1
+
+    def _write(self, lease: Lease, pending: PendingNote) -> bool:
+        try:
+            for target in pending.targets:
+                repo = self.config.repos.get(target.repo)
+                if repo is None or repo.results_ref is None:
+                    continue   # unconfigured since: nothing to write to
+                GitRepo(repo.path).add_note_lines(
+                    repo.results_ref, target.commit, [pending.line],
+                    f"hyperion: result of {pending.request_id}")
+        except (GitError, OSError) as exc:
+            age = time.time() - pending.created_at
+            if age > self.config.notify.expire_h * 3600:
+                log.error("notes: giving up on the result note of %s after %.0f h: %s",
+                          pending.request_id, age / 3600, exc,
+                          extra={"request_id": pending.request_id})
+                self._close(lease, ok=False, why="expired")
+                return False
+            delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** lease.attempts)
+            log.warning("notes: cannot write the result note of %s (%s); retrying",
+                        pending.request_id, str(exc)[:300],
+                        extra={"request_id": pending.request_id})
+            with contextlib.suppress(LeaseLost):
+                self.outbox.retry(lease, delay * random.uniform(0.5, 1.0), str(exc)[:500])
+            return False
+        self._close(lease, ok=True, why="")
+        return True
+
+    def _close(self, lease: Lease, *, ok: bool, why: str) -> None:
+        try:
+            if ok:
+                self.outbox.ack(lease)
+            else:
+                self.outbox.bury(lease, why)
+        except LeaseLost:
+            log.warning("notes: lost the lease of %s", lease.id)
