@@ -225,6 +225,11 @@ class Worker:
                 "ended with hyperion's process dying; the request is kept with its record "
                 "(check the log, then `hyperion requeue` it)"), crashes=crashes)
             return
+        if record.kind == "task":
+            from hyperion.tasks.loop import run_task  # tasks import this module
+
+            run_task(self, lease, beat, record, crashes)
+            return
         try:
             request = ChangeRequest.model_validate_json(lease.payload)
         except ValueError:
@@ -434,7 +439,8 @@ class Worker:
         lease = beat.stop()
         races = record.races + (1 if race else 0)
         # Attempts that failed for a reason worth a retry: not crashes, not lost races.
-        tries = lease.attempts + 1 - record.crashes - races
+        # Not leases a task gave back to wait for its harness's limits (``waits``) either.
+        tries = lease.attempts + 1 - record.crashes - races - record.waits
         if race and races >= MAX_RACES:
             self._finish(beat, record, State.FAILED, info.model_copy(update={
                 "message": f"{info.message}, {races} times in a row: the target moves faster "

@@ -1,0 +1,349 @@
+"""Tasks run by agent harnesses: real script harnesses (python, in tmp dirs), real git repos,
+real `hyperion run --once` processes. Each harness behaves like one kind of agent; each ends
+in the state and code a user relies on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Setup, Webhook, git, make_repo, write_config
+
+CHECK = """\
+import pathlib, secrets, sys, time
+text = pathlib.Path("app.py").read_text()
+if "VALUE = 2" in text:
+    print("ok")
+    sys.exit(0)
+# Noise that differs on every run: stuck detection must see through it.
+print(f"check run at {time.time()} id {secrets.token_hex(8)} in {pathlib.Path.cwd()}")
+print(f"AssertionError: expected VALUE = 2, found {text.strip()!r}")
+sys.exit(1)
+"""
+
+PRELUDE = """\
+import json, os, pathlib, subprocess, sys, time
+ROOT = pathlib.Path({root!r})
+iteration = int(os.environ["HYPERION_ITERATION"])
+task = json.loads(pathlib.Path(os.environ["HYPERION_TASK_FILE"]).read_text())
+feedback = os.environ.get("HYPERION_FEEDBACK_FILE")
+"""
+
+HARNESSES = {
+    # Reads its instructions (argv[1]) and does the right thing at once.
+    "first-try": """
+assert "VALUE" in pathlib.Path(sys.argv[1]).read_text()
+pathlib.Path("app.py").write_text("VALUE = 2\\n")
+print("set VALUE to 2")
+""",
+    # Guesses wrong, then fixes what the feedback says.
+    "learner": """
+log = ROOT / f"learner-{task['id']}.log"
+with open(log, "a") as f:
+    f.write(json.dumps({"iteration": iteration, "feedback": feedback,
+                        "text": pathlib.Path(feedback).read_text() if feedback else None})
+            + "\\n")
+if feedback and "expected VALUE = 2" in pathlib.Path(feedback).read_text():
+    pathlib.Path("app.py").write_text("VALUE = 2\\n")
+else:
+    pathlib.Path("app.py").write_text("VALUE = 3\\n")
+""",
+    # Makes the same wrong fix whatever it is told.
+    "stubborn": """
+pathlib.Path("app.py").write_text("VALUE = 3\\n")
+""",
+    # Also edits a file outside the task's file_targets.
+    "sprawler": """
+pathlib.Path("app.py").write_text("VALUE = 2\\n")
+pathlib.Path("check.py").write_text("import sys\\nsys.exit(0)\\n")
+""",
+    # Never finishes, and leaves a child of its own behind.
+    "hanger": """
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+(ROOT / "hanger.pids").write_text(f"{os.getpid()} {child.pid}")
+time.sleep(600)
+""",
+    # Writes a credential into the code (and prints it).
+    "leaker": """
+token = "ghp_" + "k3J9xQ2mZ7pL4vN8" + "rT1wY6bC5dF0gH3jK9sA"
+pathlib.Path("app.py").write_text(f"VALUE = 2\\nTOKEN = {token!r}\\n")
+print(f"wrote the token {token} into app.py")
+""",
+    # Reports what it can see, then does the work.
+    "snoop": """
+(ROOT / "snoop.json").write_text(json.dumps({"env": dict(os.environ), "cwd": os.getcwd(),
+                                              "argv": sys.argv}))
+pathlib.Path("app.py").write_text("VALUE = 2\\n")
+""",
+    # Makes a file named after its task (for WIP tests); slow on purpose.
+    "slow": """
+time.sleep(1.5)
+pathlib.Path(f"{task['id']}.txt").write_text("made\\n")
+""",
+    # Iteration 1 fails; iteration 2 hangs the first time (hyperion gets killed), then works.
+    "phoenix": """
+if iteration == 1:
+    pathlib.Path("app.py").write_text("VALUE = 3\\n")
+    sys.exit(0)
+marker = ROOT / "phoenix.started"
+if not marker.exists():
+    marker.write_text(str(os.getpid()))
+    time.sleep(600)
+with open(ROOT / "phoenix.runs", "a") as f:
+    f.write(f"{iteration} {pathlib.Path(feedback).read_text()[:40]!r}\\n")
+pathlib.Path("app.py").write_text("VALUE = 2\\n")
+""",
+}
+
+
+def _harness_config(root: Path) -> str:
+    lines = ["harnesses:"]
+    for name, body in HARNESSES.items():
+        script = root / f"harness_{name.replace('-', '_')}.py"
+        script.write_text(PRELUDE.format(root=str(root)) + body)
+        lines.append(f"  {name}:")
+        lines.append(f"    run: [{json.dumps(sys.executable)}, {json.dumps(str(script))}, "
+                     '"{instructions_file}"]')
+        if name == "hanger":
+            lines.append("    timeout_s: 2")
+        if name == "snoop":
+            lines.append('    env: {VISIBLE: "${HYPERION_TEST_VISIBLE}", FIXED: "plain"}')
+        if name == "slow":
+            lines.append("    max_concurrent: 1")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def tasks(tmp_path: Path, webhook: Webhook) -> Setup:
+    repo = make_repo(tmp_path / "demo", {"app.py": "VALUE = 1\n", "check.py": CHECK,
+                                         "docs/readme.txt": "hello\n"})
+    config = write_config(tmp_path, repo, notify=[webhook.url],
+                          extra=_harness_config(tmp_path))
+    (tmp_path / "inbox").mkdir()
+    return Setup(root=tmp_path, repo=repo, config=config, inbox=tmp_path / "inbox",
+                 state=tmp_path / "state")
+
+
+def task(id: str, harness: str, **fields: Any) -> dict[str, Any]:
+    body = {"kind": "task", "version": 1, "id": id, "requested_by": "alice", "repo": "demo",
+            "title": f"Make VALUE 2 ({id})", "harness": harness,
+            "instructions": "Set VALUE in app.py to 2.", "file_targets": ["app.py"],
+            "checks": ["unit"], "max_iterations": 3, "timeout_s": 120}
+    body.update(fields)
+    return body
+
+
+def run_once(setup: Setup, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "hyperion", "--config", str(setup.config),
+                           "run", "--once"], capture_output=True, text=True, timeout=180,
+                          cwd=setup.root, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def landed_with_trailer(setup: Setup, task_id: str) -> list[str]:
+    out = git(setup.repo, "log", "--format=%H %(trailers:key=Hyperion-Request,valueonly)",
+              "main")
+    return [line.split()[0] for line in out.splitlines() if line.split()[1:] == [task_id]]
+
+
+def test_a_harness_that_fixes_it_at_once_lands_in_one_iteration(tasks: Setup) -> None:
+    before = tasks.main_sha()
+    tasks.drop("t.json", task("once-1", "first-try"))
+    run_once(tasks)
+    record = tasks.record("once-1")
+    assert record["state"] == "landed", record
+    assert [i["outcome"] for i in record["iterations"]] == ["green"]
+    first = record["iterations"][0]
+    assert (first["files"], first["added"], first["removed"]) == (1, 1, 1)
+    assert landed_with_trailer(tasks, "once-1") == [record["landed_commit"]]
+    assert git(tasks.repo, "rev-parse", f"{record['landed_commit']}^").strip() == before
+    assert (tasks.repo / "app.py").read_text() == "VALUE = 2\n"
+    author = git(tasks.repo, "log", "-1", "--format=%an <%ae>", "main").strip()
+    assert author == "first-try <first-try@agents.hyperion.invalid>"
+    # The transcript is an artifact, listed by inspect.
+    names = {a["name"]: a["path"] for a in record["artifacts"]}
+    assert "set VALUE to 2" in Path(names["iteration-1-transcript.log"]).read_text()
+    assert "iteration-1.diff" in names and "iteration-1-check-unit.log" in names
+    text = tasks.cli("inspect", "once-1").stdout
+    assert "iteration 1: green" in text
+    assert not any((tasks.state / "worktrees").iterdir())
+
+
+def test_a_harness_that_reads_the_feedback_lands_on_the_second_iteration(
+        tasks: Setup) -> None:
+    tasks.drop("t.json", task("learn-1", "learner"))
+    run_once(tasks)
+    record = tasks.record("learn-1")
+    assert record["state"] == "landed", record
+    assert [i["outcome"] for i in record["iterations"]] == ["check_failed", "green"]
+    runs = [json.loads(line) for line in
+            (tasks.root / "learner-learn-1.log").read_text().splitlines()]
+    assert runs[0]["iteration"] == 1 and runs[0]["feedback"] is None
+    assert runs[1]["iteration"] == 2 and "expected VALUE = 2" in runs[1]["text"]
+    assert "'VALUE = 3'" in runs[1]["text"]     # the check's own output, fed back
+    assert len(landed_with_trailer(tasks, "learn-1")) == 1
+    # Only what the last iteration made lands, as one commit on the old tip.
+    assert (tasks.repo / "app.py").read_text() == "VALUE = 2\n"
+
+
+def test_the_same_wrong_fix_twice_stops_stuck_and_escalates(tasks: Setup,
+                                                            webhook: Webhook) -> None:
+    before = tasks.main_sha()
+    tasks.drop("t.json", task("stuck-1", "stubborn", max_iterations=5))
+    run_once(tasks)
+    record = tasks.record("stuck-1")
+    assert record["state"] == "failed"
+    assert record["error"]["code"] == "stuck"
+    assert [i["outcome"] for i in record["iterations"]] == ["check_failed", "check_failed"]
+    assert record["iterations"][0]["failure"] == record["iterations"][1]["failure"]
+    assert tasks.main_sha() == before
+    message = webhook.wait_for(1)[-1]
+    assert message["type"] == "failure" and "stuck" in message["title"] + message["message"]
+    assert "Last feedback" in message["message"]
+    assert "expected VALUE = 2" in message["message"]
+
+
+def test_running_out_of_iterations_fails_check_failed(tasks: Setup) -> None:
+    tasks.drop("t.json", task("out-1", "learner", max_iterations=1))
+    run_once(tasks)
+    record = tasks.record("out-1")
+    assert record["state"] == "failed" and record["error"]["code"] == "check_failed"
+    assert len(record["iterations"]) == 1
+
+
+def test_writing_outside_the_scope_fails_out_of_scope(tasks: Setup) -> None:
+    before = tasks.main_sha()
+    tasks.drop("t.json", task("scope-1", "sprawler"))
+    run_once(tasks)
+    record = tasks.record("scope-1")
+    assert record["state"] == "failed"
+    assert record["error"]["code"] == "out_of_scope"
+    assert "check.py" in record["error"]["message"]
+    assert [i["outcome"] for i in record["iterations"]] == ["out_of_scope"]
+    assert tasks.main_sha() == before
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"   # a zombie no one reaped yet
+
+
+def test_a_hanging_harness_times_out_and_leaves_no_process(tasks: Setup) -> None:
+    tasks.drop("t.json", task("hang-1", "hanger"))
+    run_once(tasks)
+    record = tasks.record("hang-1")
+    assert record["state"] == "failed"
+    assert record["error"]["code"] == "timeout"
+    assert [i["outcome"] for i in record["iterations"]] == ["timeout"]
+    pids = [int(p) for p in (tasks.root / "hanger.pids").read_text().split()]
+    deadline = time.monotonic() + 10
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(p) for p in pids)
+
+
+def test_a_harness_that_writes_a_secret_fails_and_the_secret_is_nowhere(
+        tasks: Setup, webhook: Webhook) -> None:
+    token = "ghp_" + "k3J9xQ2mZ7pL4vN8" + "rT1wY6bC5dF0gH3jK9sA"
+    tasks.drop("t.json", task("leak-1", "leaker"))
+    proc = run_once(tasks)
+    record = tasks.record("leak-1")
+    assert record["state"] == "failed"
+    assert record["error"]["code"] == "secret_detected"
+    assert record["error"]["detail"]["findings"][0]["rule"] == "github-pat"
+    messages = json.dumps(webhook.wait_for(1))
+    assert "leak-1" in messages
+    seen = [proc.stdout, proc.stderr, messages, tasks.cli("inspect", "leak-1").stdout]
+    for path in tasks.state.rglob("*"):
+        if path.is_file():
+            seen.append(path.read_bytes().decode(errors="replace"))
+    assert not any(token in text for text in seen)
+    transcript = tasks.state / "artifacts" / "leak-1" / "iteration-1-transcript.log"
+    assert "[redacted github-pat" in transcript.read_text()
+
+
+def test_a_harness_sees_only_the_variables_its_config_names(tasks: Setup) -> None:
+    tasks.drop("t.json", task("env-1", "snoop"))
+    run_once(tasks, env={"HYPERION_TEST_DAEMON_SECRET": "do-not-pass-me",
+                         "HYPERION_TEST_VISIBLE": "named-in-config"})
+    assert tasks.record("env-1")["state"] == "landed"
+    seen = json.loads((tasks.root / "snoop.json").read_text())
+    env = seen["env"]
+    assert "HYPERION_TEST_DAEMON_SECRET" not in env
+    assert "do-not-pass-me" not in json.dumps(env)
+    assert env["VISIBLE"] == "named-in-config" and env["FIXED"] == "plain"
+    assert env["HYPERION_ITERATION"] == "1" and "HYPERION_FEEDBACK_FILE" not in env
+    assert Path(env["HYPERION_TASK_FILE"]).name == "task.json"
+    assert env["HYPERION_WORKTREE"] == seen["cwd"]
+    assert seen["argv"][1] == env["HYPERION_INSTRUCTIONS_FILE"]
+    assert Path(seen["argv"][1]).read_text() == "Set VALUE in app.py to 2."
+    assert not any(k.startswith(("GIT_", "PYTHON", "VIRTUAL_ENV")) for k in env)
+
+
+def test_a_task_naming_an_unknown_harness_is_refused(tasks: Setup) -> None:
+    tasks.drop("t.json", task("nope-1", "no-such-agent"))
+    run_once(tasks)
+    record = tasks.record("nope-1")
+    assert record["state"] == "rejected"
+    assert record["error"]["code"] == "policy_denied"
+    assert record["error"]["path"] == "harness"
+    assert "no-such-agent" in record["error"]["message"]
+
+
+def test_a_busy_harness_makes_the_next_task_wait_without_spending_attempts(
+        tasks: Setup) -> None:
+    tasks.drop("a.json", task("wip-a", "slow", checks=[], file_targets=["*.txt"]))
+    tasks.drop("b.json", task("wip-b", "slow", checks=[], file_targets=["*.txt"]))
+    run_once(tasks)
+    records = [tasks.record("wip-a"), tasks.record("wip-b")]
+    states = sorted(r["state"] for r in records)
+    assert states == ["landed", "queued"], records
+    waiting = next(r for r in records if r["state"] == "queued")
+    assert waiting["attempts"] == 0
+    time.sleep(5.5)         # the waiting task looks again after SLOT_POLL_S
+    run_once(tasks)
+    again = tasks.record(waiting["id"])
+    assert again["state"] == "landed", again
+    assert again["attempts"] == 1
+    assert (tasks.repo / "wip-a.txt").exists() and (tasks.repo / "wip-b.txt").exists()
+
+
+def test_killed_mid_iteration_resumes_at_that_iteration_and_lands_once(tasks: Setup) -> None:
+    tasks.drop("t.json", task("crash-1", "phoenix"))
+    daemon = subprocess.Popen([sys.executable, "-m", "hyperion", "--config", str(tasks.config),
+                               "run", "--once"], cwd=tasks.root, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    marker = tasks.root / "phoenix.started"
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
+    orphan = int(marker.read_text())
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait()
+    assert not _gone(orphan)          # the harness outlived the killed hyperion
+    assert tasks.record("crash-1")["state"] == "running"
+    run_once(tasks)
+    record = tasks.record("crash-1")
+    assert record["state"] == "landed", record
+    assert [i["number"] for i in record["iterations"]] == [1, 2]
+    assert any("process died" in h["reason"] for h in record["history"])
+    runs = (tasks.root / "phoenix.runs").read_text().splitlines()
+    assert len(runs) == 1 and runs[0].startswith("2 ")
+    assert "Iteration 1" in runs[0]          # it got iteration 1's feedback after the restart
+    assert len(landed_with_trailer(tasks, "crash-1")) == 1
+    deadline = time.monotonic() + 10
+    while not _gone(orphan) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(orphan)
