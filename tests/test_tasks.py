@@ -347,3 +347,50 @@ def test_killed_mid_iteration_resumes_at_that_iteration_and_lands_once(tasks: Se
     while not _gone(orphan) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _gone(orphan)
+
+
+def test_a_harness_that_cannot_start_is_retried_with_backoff_then_fails(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "demo", {"app.py": "VALUE = 1\n", "check.py": CHECK})
+    missing = tmp_path / "no-such-agent-cli"
+    config = write_config(tmp_path, repo, extra=(
+        f"harnesses:\n  broken:\n    run: [{json.dumps(str(missing))}, \"{{task_file}}\"]\n"))
+    (tmp_path / "inbox").mkdir()
+    setup = Setup(root=tmp_path, repo=repo, config=config, inbox=tmp_path / "inbox",
+                  state=tmp_path / "state")
+    setup.drop("t.json", task("nostart-1", "broken"))
+    run_once(setup)
+    first = setup.record("nostart-1")
+    assert first["state"] == "queued" and first["error"]["code"] == "internal_error"
+    assert "could not start" in first["error"]["message"]
+    assert "executable not found" in first["error"]["message"]
+    assert first["iterations"] == []        # a harness that never ran used no iteration
+    record = first
+    for _ in range(10):
+        if record["state"] == "failed":
+            break
+        time.sleep(2.1)                     # the backoff: 1 s, then 1-2 s
+        run_once(setup)
+        record = setup.record("nostart-1")
+    assert record["state"] == "failed", record
+    assert record["error"]["code"] == "internal_error"
+    assert "gave up after 3 attempts" in record["error"]["message"]
+
+
+def test_a_policy_rule_on_the_harness_ends_the_task_policy_denied(tasks: Setup) -> None:
+    policy = tasks.root / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - name: no-stubborn\n    match: {agents: "
+                      "[stubborn]}\n    action: deny\n    reason: it never listens\n")
+    tasks.config.write_text(tasks.config.read_text() + f"policy: {policy}\n")
+    tasks.drop("t.json", task("deny-1", "stubborn"))
+    run_once(tasks)
+    record = tasks.record("deny-1")
+    assert record["state"] == "failed" and record["error"]["code"] == "policy_denied"
+    assert "it never listens" in record["error"]["message"]
+    # The same rule on the requester refuses the task at intake.
+    policy.write_text("version: 1\nrules:\n  - name: no-bob\n    match: {agents: [bob]}\n"
+                      "    action: deny\n")
+    tasks.drop("u.json", task("deny-2", "first-try", requested_by="bob"))
+    run_once(tasks)
+    refused = tasks.record("deny-2")
+    assert refused["state"] == "rejected" and refused["error"]["code"] == "policy_denied"

@@ -21,7 +21,7 @@ def normalise(text: str, paths: Iterable[str] = ()) -> str:
         if path:
             text = text.replace(path, "<path>")
     text = _TIMESTAMP.sub("<time>", text)
-    text = _HEX.sub("<hex>", text)
+    text = _HEX.sub("<n>", text)      # a long number may look like hex: one token for both
     text = _NUMBER.sub("<n>", text)
     lines = (_SPACE.sub(" ", line).strip() for line in text.splitlines())
     return "\n".join(line for line in lines if line)

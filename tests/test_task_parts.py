@@ -1,0 +1,112 @@
+"""The pieces of the task loop on their own: harness argv and env, budgets, failure names."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hyperion.config import ConfigError, HarnessConfig, parse_config
+from hyperion.tasks.failure import failure_fingerprint, normalise
+from hyperion.tasks.harness import HarnessEnvError, RunFiles, harness_argv, harness_env
+from hyperion.tasks.limits import HOUR_S, reserve_start, take_slot
+
+
+def files(tmp_path: Path, iteration: int = 1) -> RunFiles:
+    return RunFiles(task_file=tmp_path / "task.json", instructions_file=tmp_path / "i.md",
+                    feedback_file=tmp_path / "feedback.txt", worktree=tmp_path / "wt",
+                    iteration=iteration, has_feedback=iteration > 1)
+
+
+def test_placeholders_are_substituted_per_item_and_never_twice(tmp_path: Path) -> None:
+    weird = tmp_path / "{iteration}"
+    config = HarnessConfig(run=["agent", "--prompt-file={instructions_file}", "{worktree}",
+                                "-n", "{iteration}", "{task_file}", "literal {x"])
+    argv = harness_argv(config, RunFiles(
+        task_file=weird, instructions_file=tmp_path / "i.md", feedback_file=tmp_path / "f",
+        worktree=tmp_path / "wt", iteration=2, has_feedback=True))
+    assert argv == ["agent", f"--prompt-file={tmp_path / 'i.md'}", str(tmp_path / "wt"),
+                    "-n", "2", str(weird), "literal {x"]
+
+
+def test_env_has_only_what_the_config_names(tmp_path: Path) -> None:
+    config = HarnessConfig(run=["x"], env={"API_KEY": "${DAEMON_KEY}", "MODE": "fast-${M}"})
+    daemon = {"DAEMON_KEY": "k-123", "M": "1", "OTHER_SECRET": "s", "PATH": "/bin",
+              "GIT_DIR": "/x", "PYTHONPATH": "/y"}
+    env = harness_env(config, files(tmp_path), "h", daemon_env=daemon)
+    assert env["API_KEY"] == "k-123" and env["MODE"] == "fast-1" and env["PATH"] == "/bin"
+    assert "OTHER_SECRET" not in env and "GIT_DIR" not in env and "PYTHONPATH" not in env
+    assert "DAEMON_KEY" not in env
+    assert "HYPERION_FEEDBACK_FILE" not in env
+    later = harness_env(config, files(tmp_path, 2), "h", daemon_env=daemon)
+    assert later["HYPERION_FEEDBACK_FILE"] == str(tmp_path / "feedback.txt")
+    assert later["HYPERION_ITERATION"] == "2"
+
+
+def test_a_missing_variable_is_named_without_any_value(tmp_path: Path) -> None:
+    config = HarnessConfig(run=["x"], env={"API_KEY": "${NOT_SET_ANYWHERE}"})
+    with pytest.raises(HarnessEnvError) as err:
+        harness_env(config, files(tmp_path), "h", daemon_env={"SECRET": "v"})
+    assert "NOT_SET_ANYWHERE" in str(err.value) and "harnesses.h.env" in str(err.value)
+
+
+def test_config_refuses_unknown_placeholders_and_reserved_names(tmp_path: Path) -> None:
+    source = tmp_path / "hyperion.yaml"
+    with pytest.raises(ConfigError) as err:
+        parse_config("harnesses:\n  a:\n    run: [agent, '{instruction_file}']\n", source)
+    assert "line 3" in str(err.value) and "instruction_file" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config("harnesses:\n  a:\n    run: [agent]\n    env: {HYPERION_X: y}\n", source)
+    assert "HYPERION_X" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config("harnesses:\n  a:\n    run: [agent]\n    sandbox: true\n", source)
+    assert "unknown key" in str(err.value)
+
+
+def test_wip_slots_are_exclusive_across_threads_and_freed_on_release(tmp_path: Path) -> None:
+    first = take_slot(tmp_path, "h", 2)
+    second = take_slot(tmp_path, "h", 2)
+    assert first is not None and second is not None
+    found: list[object] = []
+    thread = threading.Thread(target=lambda: found.append(take_slot(tmp_path, "h", 2)))
+    thread.start()
+    thread.join()
+    assert found == [None]
+    first.release()
+    third = take_slot(tmp_path, "h", 2)
+    assert third is not None
+    assert take_slot(tmp_path, "other", 1) is not None      # per harness
+    second.release()
+    third.release()
+
+
+def test_starts_per_hour(tmp_path: Path) -> None:
+    t = 1_000_000.0
+    assert reserve_start(tmp_path, "h", 2, now=t) is None
+    assert reserve_start(tmp_path, "h", 2, now=t + 10) is None
+    wait = reserve_start(tmp_path, "h", 2, now=t + 20)
+    assert wait == pytest.approx(HOUR_S - 20)
+    assert reserve_start(tmp_path, "h", 2, now=t + HOUR_S + 1) is None
+    assert reserve_start(tmp_path, "h", None, now=t) is None
+
+
+def test_failures_that_differ_only_in_noise_have_one_name() -> None:
+    one = ("FAILED test_x.py::test_round - assert 3 == 2 at 0x7f3a9c2b1e40\n"
+           "/srv/wt/demo~123~abc/test_x.py:14: AssertionError\n"
+           "1 failed in 0.52s at 2026-11-21T07:12:32Z")
+    two = ("FAILED test_x.py::test_round - assert 3 == 2 at 0x7f00deadbeef\n"
+           "/srv/wt/demo~999~fff/test_x.py:14: AssertionError\n"
+           "1 failed in 1.07s at 2026-11-22 08:00:01")
+    assert failure_fingerprint("check_failed", one, ["/srv/wt/demo~123~abc"]) == \
+        failure_fingerprint("check_failed", two, ["/srv/wt/demo~999~fff"])
+    assert failure_fingerprint("check_failed", one) != \
+        failure_fingerprint("check_failed", one.replace("test_round", "test_other"))
+    assert failure_fingerprint("check_failed", one) != failure_fingerprint("no_changes", one)
+
+
+@given(st.text(max_size=300), st.integers(min_value=0, max_value=10**9))
+def test_normalise_ignores_numbers(text: str, number: int) -> None:
+    assert normalise(f"{text} took {number} ms") == normalise(f"{text} took 7 ms")
