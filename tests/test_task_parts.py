@@ -110,3 +110,22 @@ def test_failures_that_differ_only_in_noise_have_one_name() -> None:
 @given(st.text(max_size=300), st.integers(min_value=0, max_value=10**9))
 def test_normalise_ignores_numbers(text: str, number: int) -> None:
     assert normalise(f"{text} took {number} ms") == normalise(f"{text} took 7 ms")
+
+
+def test_the_shipped_harness_examples_are_valid_configuration(tmp_path: Path) -> None:
+    import yaml
+
+    from hyperion.scaffold import init_dir
+
+    root = Path(__file__).resolve().parent.parent
+    examples = (root / "inbox-example" / "harnesses.yaml").read_text()
+    config = parse_config(examples, tmp_path / "hyperion.yaml")
+    assert {"script", "claude", "codex", "aider"} <= set(config.harnesses)
+    # The commented entries `hyperion init` writes parse once uncommented.
+    init_dir(tmp_path / "new", repo=None, target="main")
+    text = (tmp_path / "new" / "hyperion.yaml").read_text()
+    block = text.split("harnesses: {}\n", 1)[1].split("policy:", 1)[0]
+    uncommented = "harnesses:\n" + "".join(line[1:] + "\n" for line in block.splitlines())
+    parsed = yaml.safe_load(uncommented)
+    assert set(parse_config(yaml.safe_dump(parsed), tmp_path / "h.yaml").harnesses) == \
+        {"script", "claude", "codex"}
