@@ -129,3 +129,21 @@ def test_the_shipped_harness_examples_are_valid_configuration(tmp_path: Path) ->
     parsed = yaml.safe_load(uncommented)
     assert set(parse_config(yaml.safe_dump(parsed), tmp_path / "h.yaml").harnesses) == \
         {"script", "claude", "codex"}
+
+
+def test_doctor_names_a_missing_harness_program_and_variable(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    from hyperion.doctor import diagnose
+
+    monkeypatch.delenv("HYPERION_TEST_UNSET_KEY", raising=False)
+    config = parse_config(
+        "harnesses:\n"
+        "  gone: {run: [no-such-agent-cli-xyz]}\n"
+        "  keyless: {run: [python3], env: {K: '${HYPERION_TEST_UNSET_KEY}'}}\n"
+        "  fine: {run: [python3]}\n", tmp_path / "hyperion.yaml")
+    found = {f.name: f for f in diagnose(config) if f.name.startswith("harness")}
+    assert not found["harness gone"].ok and "harnesses.gone.run" in found["harness gone"].message
+    assert not found["harness keyless"].ok
+    assert "HYPERION_TEST_UNSET_KEY" in found["harness keyless"].message
+    assert found["harness fine"].ok
