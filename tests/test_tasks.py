@@ -87,6 +87,23 @@ pathlib.Path("app.py").write_text("VALUE = 2\\n")
 time.sleep(1.5)
 pathlib.Path(f"{task['id']}.txt").write_text("made\\n")
 """,
+    # Crashes on its first try; reads why on the second.
+    "flaky": """
+if iteration == 1:
+    print("boom: the agent fell over")
+    sys.exit(1)
+assert "boom: the agent fell over" in pathlib.Path(feedback).read_text()
+pathlib.Path("app.py").write_text("VALUE = 2\\n")
+""",
+    # Does nothing at all.
+    "idle": """
+print("nothing to do")
+""",
+    # Slow and wrong: the task's own time budget runs out.
+    "slowpoke": """
+time.sleep(1.5)
+pathlib.Path("app.py").write_text(f"VALUE = {iteration + 2}\\n")
+""",
     # Iteration 1 fails; iteration 2 hangs the first time (hyperion gets killed), then works.
     "phoenix": """
 if iteration == 1:
@@ -217,6 +234,31 @@ def test_running_out_of_iterations_fails_check_failed(tasks: Setup) -> None:
     record = tasks.record("out-1")
     assert record["state"] == "failed" and record["error"]["code"] == "check_failed"
     assert len(record["iterations"]) == 1
+
+
+def test_a_harness_that_exits_non_zero_gets_its_output_as_feedback(tasks: Setup) -> None:
+    tasks.drop("t.json", task("flaky-1", "flaky"))
+    run_once(tasks)
+    record = tasks.record("flaky-1")
+    assert record["state"] == "landed", record
+    assert [i["outcome"] for i in record["iterations"]] == ["harness_failed", "green"]
+    assert record["iterations"][0]["harness_exit"] == 1
+
+
+def test_a_harness_that_changes_nothing_is_stuck(tasks: Setup) -> None:
+    tasks.drop("t.json", task("idle-1", "idle", max_iterations=4))
+    run_once(tasks)
+    record = tasks.record("idle-1")
+    assert record["state"] == "failed" and record["error"]["code"] == "stuck"
+    assert [i["outcome"] for i in record["iterations"]] == ["no_changes", "no_changes"]
+
+
+def test_the_task_time_budget_bounds_the_whole_task(tasks: Setup) -> None:
+    tasks.drop("t.json", task("slow-1", "slowpoke", timeout_s=2, max_iterations=5))
+    run_once(tasks)
+    record = tasks.record("slow-1")
+    assert record["state"] == "failed" and record["error"]["code"] == "timeout", record
+    assert len(record["iterations"]) <= 2
 
 
 def test_writing_outside_the_scope_fails_out_of_scope(tasks: Setup) -> None:
