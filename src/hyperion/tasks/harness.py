@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyperion.config import PLACEHOLDERS, HarnessConfig
+from hyperion.fsutil import write_atomic
 from hyperion.gate.secrets import redact
 from hyperion.run import RunResult, run_command, scrubbed_env
 
@@ -78,25 +79,17 @@ def harness_env(config: HarnessConfig, files: RunFiles, name: str,
 
 
 def run_harness(config: HarnessConfig, files: RunFiles, name: str, *, timeout_s: float,
-                transcript: Path) -> RunResult:
-    """Run the harness in the worktree; its transcript (stdout and stderr interleaved) is
-    redacted with the secret scanner once it ends."""
+                transcript: Path, raw: Path) -> RunResult:
+    """Run the harness in the worktree. Its output (stdout and stderr interleaved) goes to
+    ``raw`` (a scratch file beside the worktree, removed with it, also after a crash) and
+    reaches ``transcript`` only redacted by the secret scanner."""
     result = run_command(harness_argv(config, files), cwd=files.worktree, timeout_s=timeout_s,
-                         output_path=transcript, env=harness_env(config, files, name),
+                         output_path=raw, env=harness_env(config, files, name),
                          max_output_bytes=TRANSCRIPT_MAX_BYTES)
-    redact_file(transcript)
+    text = raw.read_bytes().decode("utf-8", errors="replace") if raw.exists() else ""
+    write_atomic(transcript, redact(text).encode(), sync_dir=False)
+    raw.unlink(missing_ok=True)
     return result
-
-
-def redact_file(path: Path) -> None:
-    """Rewrite a text artifact with every secret the scanner recognises replaced."""
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return
-    cleaned = redact(text)
-    if cleaned != text:
-        path.write_text(cleaned, encoding="utf-8")
 
 
 def kill_leftovers(task_file: Path) -> int:

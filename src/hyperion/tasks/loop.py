@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -172,6 +173,7 @@ class TaskLoop:
         spent = sum(i.seconds for i in self.iterations)
         self.deadline = time.monotonic() + task.timeout_s - spent
         self.worktree = Path()
+        self.scratch = Path()
 
     # ------------------------------------------------------------------ the attempt
     def run(self) -> str:
@@ -196,12 +198,15 @@ class TaskLoop:
         # The pid in the name lets a later start-up remove what a killed process left behind.
         self.worktree = (self.app.worktrees_dir() /
                          f"{record.id}~{os.getpid()}~{secrets.token_hex(3)}")
-        self.worktree.parent.mkdir(parents=True, exist_ok=True)
+        # Raw harness output waits here for redaction; start-up prunes it with the worktree.
+        self.scratch = self.worktree.with_name(self.worktree.name + ".run")
+        self.scratch.mkdir(parents=True, exist_ok=True)
         repo.worktree_add(self.worktree, tip)
         try:
             return self._iterate(repo, tip)
         finally:
             repo.worktree_remove(self.worktree)
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _iterate(self, repo: GitRepo, tip: str) -> str:
         dotgit = _dotgit(self.worktree)
@@ -240,7 +245,8 @@ class TaskLoop:
                  extra={"request_id": self.record.id})
         try:
             result = run_harness(self.harness, files, self.name, timeout_s=timeout,
-                                 transcript=self.dir / transcript)
+                                 transcript=self.dir / transcript,
+                                 raw=self.scratch / "transcript.raw")
         except HarnessEnvError as exc:
             raise Retry(ErrorInfo(code=Code.INTERNAL_ERROR, path=f"harnesses.{self.name}.env",
                                   message=f"{exc}; set it for hyperion, or change the "
