@@ -37,6 +37,7 @@ from hyperion.gate.policy import Action
 from hyperion.gate.secrets import redact
 from hyperion.gate.verdict import judge
 from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
+from hyperion.metrics import METRICS
 from hyperion.records import CheckResult, Record, State, TaskIteration
 from hyperion.requests import ChangeEntry, ChangeRequest, TaskRequest
 from hyperion.spool import LeaseLost
@@ -239,7 +240,7 @@ class TaskLoop:
         files = RunFiles(task_file=self.task_file, instructions_file=self.instructions_file,
                          feedback_file=self.feedback_file, worktree=self.worktree,
                          iteration=number,
-                         has_feedback=number > 1 and self.feedback_file.stat().st_size > 0)
+                         has_feedback=number > 1 and _size(self.feedback_file) > 0)
         started = time.monotonic()
         log.info("%s: iteration %d: running the harness %s", self.record.id, number, self.name,
                  extra={"request_id": self.record.id})
@@ -251,6 +252,7 @@ class TaskLoop:
             raise Retry(ErrorInfo(code=Code.INTERNAL_ERROR, path=f"harnesses.{self.name}.env",
                                   message=f"{exc}; set it for hyperion, or change the "
                                   "harness's env")) from None
+        METRICS.observe("hyperion_stage_seconds", result.duration_s, stage="harness")
         if result.aborted:
             raise Retry(ErrorInfo(code=Code.INTERNAL_ERROR, message="hyperion was stopped "
                                   f"while the harness ran; the task resumes with iteration "
@@ -428,7 +430,7 @@ class TaskLoop:
         write_atomic(self.task_file, self.task.model_dump_json(indent=2).encode(),
                      sync_dir=False)
         write_atomic(self.instructions_file, self.task.instructions.encode(), sync_dir=False)
-        if not self.iterations:
+        if not self.iterations or not self.feedback_file.exists():
             write_atomic(self.feedback_file, b"", sync_dir=False)
 
     def _save(self, name: str, text: str) -> None:
@@ -461,6 +463,13 @@ def _dotgit(worktree: Path) -> bytes | None:
         return (worktree / ".git").read_bytes()
     except OSError:
         return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _tail(path: Path) -> str:
