@@ -147,3 +147,59 @@ def test_doctor_names_a_missing_harness_program_and_variable(tmp_path: Path,
     assert not found["harness keyless"].ok
     assert "HYPERION_TEST_UNSET_KEY" in found["harness keyless"].message
     assert found["harness fine"].ok
+
+
+def test_a_worktree_snapshot_diff_carries_every_kind_of_change(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from conftest import git, make_repo
+
+    from hyperion.gate.patch import Operation, parse_patch
+    from hyperion.gitops import GitRepo
+
+    repo_path = make_repo(tmp_path / "r", {"keep.txt": "a\nb\n", "gone.txt": "bye\n",
+                                           "old name.txt": "moved content\n" * 20,
+                                           "run.sh": "echo hi\n", ".gitignore": "*.log\n"})
+    repo = GitRepo(repo_path)
+    tip = repo.branch_commit("main")
+    assert tip is not None
+    wt = tmp_path / "wt"
+    repo.worktree_add(wt, tip)
+    (wt / "keep.txt").write_text("a\nB\n")
+    (wt / "gone.txt").unlink()
+    os.rename(wt / "old name.txt", wt / "new näme.txt")
+    os.chmod(wt / "run.sh", 0o755)
+    (wt / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    os.symlink("keep.txt", wt / "link")
+    (wt / "sub").mkdir()
+    (wt / "sub" / "new.py").write_text("X = 1\n")
+    (wt / "debug.log").write_text("ignored\n")
+    commit = repo.snapshot(wt, tip, "t\n", ("h", "h@x.invalid"))
+    patch = repo.diff(tip, commit)
+    ops = {(f.path, f.operation, f.old_path) for f in parse_patch(patch)}
+    assert ops == {
+        ("keep.txt", Operation.UPDATE, None), ("gone.txt", Operation.DELETE, None),
+        ("new näme.txt", Operation.RENAME, "old name.txt"), ("run.sh", Operation.UPDATE, None),
+        ("blob.bin", Operation.ADD, None), ("link", Operation.ADD, None),
+        ("sub/new.py", Operation.ADD, None)}
+    # Applied to the tip elsewhere, the diff makes exactly the snapshot's tree.
+    other = tmp_path / "other"
+    repo.worktree_add(other, tip)
+    subprocess.run(["git", "apply", "--index", "-"], cwd=other, input=patch.encode(),
+                   check=True)
+    tree = git(other, "write-tree").strip()
+    assert tree == git(repo_path, "rev-parse", f"{commit}^{{tree}}").strip()
+    # A change carried onto a moved tip keeps what it did; the checks' leftovers go away.
+    (repo_path / "unrelated.txt").write_text("meanwhile\n")
+    git(repo_path, "add", "unrelated.txt")
+    git(repo_path, "commit", "-qm", "meanwhile")
+    new_tip = repo.branch_commit("main")
+    assert new_tip is not None
+    third = tmp_path / "third"
+    repo.worktree_add(third, new_tip)
+    assert repo.carry(third, tip, commit)
+    assert (third / "new näme.txt").exists() and (third / "unrelated.txt").exists()
+    (third / "junk.tmp").write_text("left by a check\n")
+    repo.reset_worktree(third, new_tip)
+    assert not (third / "junk.tmp").exists() and not (third / "new näme.txt").exists()

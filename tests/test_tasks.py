@@ -41,6 +41,8 @@ HARNESSES = {
     "first-try": """
 assert "VALUE" in pathlib.Path(sys.argv[1]).read_text()
 pathlib.Path("app.py").write_text("VALUE = 2\\n")
+with open(ROOT / f"first-try-{task['id']}.runs", "a") as f:
+    f.write(f"{iteration}\\n")
 print("set VALUE to 2")
 """,
     # Guesses wrong, then fixes what the feedback says.
@@ -209,6 +211,41 @@ def test_a_harness_that_reads_the_feedback_lands_on_the_second_iteration(
     assert len(landed_with_trailer(tasks, "learn-1")) == 1
     # Only what the last iteration made lands, as one commit on the old tip.
     assert (tasks.repo / "app.py").read_text() == "VALUE = 2\n"
+
+
+MOVER_CHECK = """\
+import pathlib, subprocess, sys
+marker = pathlib.Path({marker!r})
+if not marker.exists():
+    marker.write_text("moved")
+    pathlib.Path({repo!r}, "other.txt").write_text("someone else's commit\\n")
+    ident = ["-c", "user.name=Someone", "-c", "user.email=someone@example.invalid"]
+    subprocess.run(["git", "-C", {repo!r}, "add", "other.txt"], check=True)
+    subprocess.run(["git", *ident, "-C", {repo!r}, "commit", "-q", "-m", "meanwhile"],
+                   check=True)
+sys.exit(0 if "VALUE = 2" in pathlib.Path("app.py").read_text() else 1)
+"""
+
+
+def test_a_green_task_whose_target_moved_is_rechecked_on_the_new_tip_without_the_harness(
+        tasks: Setup) -> None:
+    check = tasks.root / "mover_check.py"
+    check.write_text(MOVER_CHECK.format(marker=str(tasks.root / "moved"), repo=str(tasks.repo)))
+    tasks.config.write_text(tasks.config.read_text().replace('"check.py"',
+                                                             json.dumps(str(check))))
+    tasks.drop("t.json", task("race-1", "first-try"))
+    run_once(tasks)
+    record = tasks.record("race-1")
+    assert record["state"] == "landed", record
+    assert [i["outcome"] for i in record["iterations"]] == ["green"]
+    assert (tasks.root / "first-try-race-1.runs").read_text() == "1\n"   # the harness ran once
+    parent = git(tasks.repo, "rev-parse", f"{record['landed_commit']}^").strip()
+    assert git(tasks.repo, "log", "-1", "--format=%s", parent).strip() == "meanwhile"
+    assert record["iterations"][0]["onto"] == parent
+    assert (tasks.repo / "other.txt").exists()
+    assert (tasks.repo / "app.py").read_text() == "VALUE = 2\n"
+    assert len(landed_with_trailer(tasks, "race-1")) == 1
+    assert any("land_conflict" in h["reason"] for h in record["history"])
 
 
 def test_the_same_wrong_fix_twice_stops_stuck_and_escalates(tasks: Setup,
