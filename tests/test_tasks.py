@@ -248,6 +248,30 @@ def test_a_green_task_whose_target_moved_is_rechecked_on_the_new_tip_without_the
     assert any("land_conflict" in h["reason"] for h in record["history"])
 
 
+def test_a_change_the_policy_wants_approved_is_held_then_lands_once_approved(
+        tasks: Setup, webhook: Webhook) -> None:
+    policy = tasks.root / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - name: agents-need-review\n    match: {agents: "
+                      "[first-try]}\n    action: require_approval\n    reason: review it\n")
+    tasks.config.write_text(tasks.config.read_text() + f"policy: {policy}\n")
+    before = tasks.main_sha()
+    tasks.drop("t.json", task("held-1", "first-try"))
+    run_once(tasks)
+    record = tasks.record("held-1")
+    assert record["state"] == "held", record
+    assert [i["outcome"] for i in record["iterations"]] == ["held"]
+    assert tasks.main_sha() == before
+    assert "hyperion approve held-1" in webhook.wait_for(1)[0]["message"]
+    out = tasks.cli("approve", "held-1", "--by", "bob")
+    assert out.returncode == 0, out.stderr
+    run_once(tasks)
+    record = tasks.record("held-1")
+    assert record["state"] == "landed", record
+    assert [i["outcome"] for i in record["iterations"]] == ["green"]
+    assert (tasks.root / "first-try-held-1.runs").read_text() == "1\n"   # not run again
+    assert len(landed_with_trailer(tasks, "held-1")) == 1
+
+
 def test_the_same_wrong_fix_twice_stops_stuck_and_escalates(tasks: Setup,
                                                             webhook: Webhook) -> None:
     before = tasks.main_sha()

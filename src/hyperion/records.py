@@ -68,7 +68,8 @@ class TaskIteration(BaseModel):
     """One run of a task's harness and what became of its changes."""
 
     number: int
-    outcome: str        # green, check_failed, timeout, harness_failed, no_changes, or a gate code
+    outcome: str        # green, held, check_failed, timeout, harness_failed, no_changes, or a
+    #                     gate code
     seconds: float
     transcript: str     # artifact: the harness's stdout and stderr (redacted)
     harness_exit: int | None = None
@@ -81,6 +82,7 @@ class TaskIteration(BaseModel):
     failure: str | None = None         # fingerprint of the normalised failure (stuck detection)
     feedback: str | None = None        # artifact: the feedback file given to the next iteration
     feedback_tail: str = ""            # its end (redacted), for notifications
+    approval: str | None = None        # sha256 of the diff held for approval (outcome held)
 
 
 class Source(BaseModel):

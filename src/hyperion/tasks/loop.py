@@ -21,6 +21,7 @@ trailer is looked up on the target before anything else.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -59,6 +60,15 @@ FEEDBACK_OUTPUT_BYTES = 16 * 1024
 #: The end of the feedback kept in the record (and so in notifications).
 FEEDBACK_TAIL_CHARS = 2000
 FEEDBACK_FILE = "feedback.txt"
+
+
+class Hold(Exception):
+    """A green iteration whose change the policy wants a person to approve."""
+
+    def __init__(self, reason: str, rules: list[str]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.rules = rules
 
 
 def run_task(worker: Worker, lease: Lease, beat: Heartbeat, record: Record,
@@ -137,6 +147,8 @@ def _attempt(worker: Worker, beat: Heartbeat, record: Record, task: TaskRequest,
         landed = TaskLoop(worker, record, task, harness).run()
     except Failed as exc:
         worker._finish(beat, app.records.get(record.id) or record, State.FAILED, exc.info)
+    except Hold as exc:
+        _hold(worker, beat, record, exc)
     except Retry as exc:
         worker._retry(beat, app.records.get(record.id) or record, exc.info, exc.delay_s,
                       race=exc.race)
@@ -155,6 +167,22 @@ def _attempt(worker: Worker, beat: Heartbeat, record: Record, task: TaskRequest,
         worker._finish(beat, current, State.LANDED, None, landed_commit=landed)
 
 
+def _hold(worker: Worker, beat: Heartbeat, record: Record, hold: Hold) -> None:
+    """Park the task for a person's decision: its spool item goes to dead/ (approve requeues
+    it; deny rejects the record), the record to held, with the usual notification."""
+    app = worker.app
+    lease = beat.stop()
+    try:
+        app.spool.bury(lease, f"held for approval: {hold.reason}")
+    except LeaseLost:
+        log.warning("lease of %s was lost before it could be held", record.id,
+                    extra={"request_id": record.id})
+    held = app.records.transition(record.id, State.HELD, by=worker.name, policy_rules=hold.rules,
+                                  reason=f"held for approval: {hold.reason}")
+    log.info("%s held for approval", record.id, extra={"request_id": record.id})
+    app.reporter.outcome(held)
+
+
 class TaskLoop:
     """One attempt at a task: its iterations, from where the record says it is."""
 
@@ -171,6 +199,9 @@ class TaskLoop:
         self.task_file = self.dir / "task.json"
         self.instructions_file = self.dir / "instructions.md"
         self.feedback_file = self.dir / FEEDBACK_FILE
+        # Resumed after `hyperion approve`: the held change (exactly that diff) is approved.
+        last = self.iterations[-1] if self.iterations else None
+        self.approved = last.approval if last is not None and last.outcome == "held" else None
         spent = sum(i.seconds for i in self.iterations)
         self.deadline = time.monotonic() + task.timeout_s - spent
         self.worktree = Path()
@@ -214,9 +245,10 @@ class TaskLoop:
         last = self.iterations[-1] if self.iterations else None
         if last is not None:
             restored = self._restore(repo, tip, last)
-            if restored is not None and last.outcome == "green":
-                # Its checks passed but it did not land (the target moved, or hyperion died
-                # while landing): check it again where it is now, without the harness.
+            if restored is not None and last.outcome in ("green", "held"):
+                # Its checks passed but it did not land (the target moved, hyperion died
+                # while landing, or it waited for approval): check it again where it is now,
+                # without the harness.
                 landed = self._evaluate(repo, tip, restored, last, time.monotonic() -
                                         last.seconds)
                 if landed is not None:
@@ -302,13 +334,9 @@ class TaskLoop:
             verdict = judge(request, self.app.config, self.app.policy)
         except GateError as exc:
             self._refused(entry, exc.info, started, tip, commit, patch)
-        if verdict.decision.action is Action.REQUIRE_APPROVAL:
-            self._refused(entry, ErrorInfo(
-                code=Code.POLICY_DENIED, detail={"rules": list(verdict.decision.rules)},
-                message=f"the policy wants a person to approve this change "
-                f"({verdict.decision.reason}), and a task's changes cannot wait for approval; "
-                "narrow the task's file_targets or change the policy"), started, tip, commit,
-                patch)
+        digest = hashlib.sha256(patch.encode(errors="surrogateescape")).hexdigest()
+        approval = verdict.decision.action is Action.REQUIRE_APPROVAL and \
+            digest != self.approved
         stats = {"files": len(files), "added": sum(f.added_lines for f in files),
                  "removed": sum(f.removed_lines for f in files)}
         diff_name = f"iteration-{number}.diff"
@@ -323,6 +351,12 @@ class TaskLoop:
         if red is not None:
             self._red(entry, "check_failed", red, tip, commit, started)
             return None
+        if approval:
+            self._record(entry.model_copy(update={
+                "outcome": "held", "approval": digest,
+                "seconds": round(time.monotonic() - started, 3)}))
+            raise Hold(f"iteration {number} passed its checks, and {verdict.decision.reason}",
+                       list(verdict.decision.rules))
         self._record(entry.model_copy(update={
             "outcome": "green", "seconds": round(time.monotonic() - started, 3)}))
         assert self.record.target is not None
