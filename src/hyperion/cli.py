@@ -530,6 +530,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "source": record.source.model_dump(mode="json"),
         "checks": [c.model_dump(mode="json") for c in record.checks],
         "iterations": [i.model_dump(mode="json") for i in record.iterations],
+        "waits": record.waits,
         "history": [h.model_dump(mode="json", by_alias=True) for h in record.history],
         "artifacts": artifacts,
     }
