@@ -84,9 +84,19 @@ print(f"wrote the token {token} into app.py")
                                               "argv": sys.argv}))
 pathlib.Path("app.py").write_text("VALUE = 2\\n")
 """,
-    # Makes a file named after its task (for WIP tests); slow on purpose.
+    # Makes a file named after its task (for WIP tests); holds its slot until the other task
+    # has been turned away once (or has landed), so that the test does not depend on timing.
     "slow": """
-time.sleep(1.5)
+other = {"wip-a": "wip-b", "wip-b": "wip-a"}[task["id"]]
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    try:
+        record = json.loads((ROOT / "state" / "records" / f"{other}.json").read_text())
+    except (FileNotFoundError, ValueError):
+        record = {}
+    if record.get("waits", 0) >= 1 or record.get("state") == "landed":
+        break
+    time.sleep(0.05)
 pathlib.Path(f"{task['id']}.txt").write_text("made\\n")
 """,
     # Crashes on its first try; reads why on the second.
