@@ -407,6 +407,8 @@ class TaskLoop:
         self._record(entry.model_copy(update={
             "outcome": info.code.value, "seconds": round(time.monotonic() - started, 3),
             "onto": tip, "diff": diff}))
+        # The checks of an earlier iteration do not explain this ending (nor its notification).
+        self.record = self.app.records.update(self.record.id, checks=[])
         failed = Failed(info.code, f"iteration {entry.number}: {info.message}", path=info.path)
         failed.info = failed.info.model_copy(update={"detail": info.detail})
         raise failed
