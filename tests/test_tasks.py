@@ -507,3 +507,25 @@ def test_a_policy_rule_on_the_harness_ends_the_task_policy_denied(tasks: Setup) 
     run_once(tasks)
     refused = tasks.record("deny-2")
     assert refused["state"] == "rejected" and refused["error"]["code"] == "policy_denied"
+
+
+def test_approving_a_requeued_failure_that_the_policy_holds_queues_it_again(
+        tasks: Setup) -> None:
+    # Found while making approve() requeue a task held half-way: a failed request that
+    # `requeue` sends to held has its spool item in dead/, where a plain put cannot reach it.
+    tasks.drop("t.json", task("again-1", "stubborn", max_iterations=1))
+    run_once(tasks)
+    assert tasks.record("again-1")["state"] == "failed"
+    policy = tasks.root / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - name: alice-needs-review\n    match: {agents: "
+                      "[alice]}\n    action: require_approval\n")
+    tasks.config.write_text(tasks.config.read_text() + f"policy: {policy}\n")
+    assert tasks.cli("requeue", "again-1", "--reason", "try again").returncode == 0
+    assert tasks.record("again-1")["state"] == "held"
+    assert tasks.cli("approve", "again-1", "--by", "bob").returncode == 0
+    run_once(tasks)
+    record = tasks.record("again-1")
+    assert record["state"] == "failed" and record["attempts"] == 1
+    assert [i["outcome"] for i in record["iterations"]] == ["check_failed"]
+    assert any(h["by"] == "bob" for h in record["history"])
+    assert record["history"][-1]["from"] == "running"     # it ran again after the approval
