@@ -562,6 +562,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "error": record.error.model_dump(mode="json") if record.error else None,
         "source": record.source.model_dump(mode="json"),
         "checks": [c.model_dump(mode="json") for c in record.checks],
+        "iterations": [i.model_dump(mode="json") for i in record.iterations],
+        "waits": record.waits,
         "history": [h.model_dump(mode="json", by_alias=True) for h in record.history],
         "artifacts": artifacts,
     }
@@ -592,6 +594,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for c in record.checks:
             status = "ok" if c.ok else ("timeout" if c.timed_out else f"exit {c.exit_code}")
             lines.append(f"  check {c.name}: {status} in {c.seconds:.2f} s ({c.artifact})")
+        for i in record.iterations:
+            lines.append(f"  iteration {i.number}: {i.outcome} in {i.seconds:.2f} s, "
+                         f"{i.files} file(s) +{i.added} -{i.removed} ({i.transcript})")
         lines.append("  history:")
         for h in record.history:
             lines.append(f"    {h.at}  {h.from_.value if h.from_ else '-':>8} -> "

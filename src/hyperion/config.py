@@ -162,6 +162,53 @@ class CheckConfig(_Strict):
     limits: CheckLimits | None = None
 
 
+PLACEHOLDERS = ("task_file", "instructions_file", "feedback_file", "worktree", "iteration")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_]+)\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class HarnessConfig(_Strict):
+    """An agent harness: a command that edits a worktree to carry out a task's instructions."""
+
+    run: list[str] = Field(min_length=1, description=(
+        "argv list, never run through a shell. Placeholders substituted in each item: "
+        "{task_file} {instructions_file} {feedback_file} {worktree} {iteration}."))
+    timeout_s: float = Field(1800, gt=0, le=7 * 24 * 3600, description=(
+        "Longest one run of the harness may take (the task's timeout_s bounds it too)."))
+    env: dict[str, str] = Field(default_factory=dict, description=(
+        "The only variables (besides PATH, HOME, LANG, TZ, TMPDIR, LC_*) the harness sees. "
+        "${VAR} in a value is taken from hyperion's own environment when the harness starts."))
+    max_concurrent: int = Field(1, ge=1, le=64, description=(
+        "Tasks running this harness at once; more wait (without spending attempts)."))
+    max_starts_per_hour: int | None = Field(None, ge=1, description=(
+        "Tasks that may start (or resume) running this harness in any 60 minutes; "
+        "omit for no limit."))
+
+    @field_validator("run")
+    @classmethod
+    def _placeholders(cls, value: list[str]) -> list[str]:
+        for item in value:
+            for name in _PLACEHOLDER.findall(item):
+                if name not in PLACEHOLDERS:
+                    raise ValueError(f"unknown placeholder {{{name}}} in {item!r}; known: "
+                                     + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS))
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME.match(name) or name.startswith("HYPERION_"):
+                raise ValueError(f"{name!r} is not a usable variable name (letters, digits, _; "
+                                 "HYPERION_* are set by hyperion)")
+        return value
+
+    def env_references(self) -> set[str]:
+        """The daemon variables this harness's env takes values from."""
+        return {m for value in self.env.values() for m in _ENV_REFERENCE.findall(value)}
+
+
 Event = Literal["landed", "failed", "rejected", "held", "stuck", "rolled_back", "cancelled",
                 "verified", "notice", "system"]
 
@@ -230,6 +277,8 @@ class Config(_Strict):
         "time must not loop forever."))
     repos: dict[str, RepoConfig] = Field(default_factory=dict)
     checks: dict[str, CheckConfig] = Field(default_factory=dict)
+    harnesses: dict[str, HarnessConfig] = Field(default_factory=dict, description=(
+        "Agent harnesses tasks may name: commands run in a worktree to carry out a task."))
     policy: Path | None = None
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -244,7 +293,7 @@ class Config(_Strict):
     # Set by load_config; not part of the file.
     source: SkipJsonSchema[Path | None] = Field(None, exclude=True)
 
-    @field_validator("repos", "checks")
+    @field_validator("repos", "checks", "harnesses")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperion.config import Config, redact_url
+from hyperion.config import Config, HarnessConfig, redact_url
 from hyperion.gate.policy import load_policy
 
 MIN_GIT = (2, 30)
@@ -36,8 +36,24 @@ def diagnose(config: Config, *, send_test: bool = False) -> list[Finding]:
     out.append(_policy(config))
     out += [_check(name, argv[0]) for name, argv in
             sorted((n, c.run) for n, c in config.checks.items())]
+    out += [_harness(name, harness) for name, harness in sorted(config.harnesses.items())]
     out += _notify(config, send_test)
     return out
+
+
+def _harness(name: str, harness: HarnessConfig) -> Finding:
+    program = harness.run[0]
+    found = program if "/" in program and os.access(program, os.X_OK) else shutil.which(program)
+    if found is None:
+        return Finding(f"harness {name}", False, f"{program!r} is not an executable on PATH: "
+                       f"fix harnesses.{name}.run")
+    missing = sorted(v for v in harness.env_references() if v not in os.environ)
+    if missing:
+        return Finding(f"harness {name}", False, f"harnesses.{name}.env takes "
+                       f"{', '.join(missing)} from hyperion's environment, which does not have "
+                       "it: set it where hyperion starts (e.g. the systemd unit's "
+                       "EnvironmentFile)")
+    return Finding(f"harness {name}", True, found)
 
 
 def _git() -> Finding:

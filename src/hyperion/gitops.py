@@ -293,6 +293,46 @@ class GitRepo:
         """Make the worktree's index and files ``tree`` (from the commit ``old`` it is at)."""
         git(["read-tree", "-u", "-m", old, tree], cwd=worktree)
 
+    # -- tasks: what a harness made in a worktree
+    @staticmethod
+    def snapshot(worktree: Path, parent: str, message: str, author: tuple[str, str]) -> str:
+        """Commit the worktree's files as they are now on ``parent``: new, changed and deleted
+        files, modes and symlinks (files .gitignore ignores are left out). HEAD moves there."""
+        git(["add", "--all", "--", "."], cwd=worktree)
+        return GitRepo.commit(worktree, parent, message, author)
+
+    def diff_text(self, old: str, new: str) -> str:
+        """The git-style diff from commit ``old`` to ``new`` (renames, modes, binary content),
+        whatever the repository's diff settings. Bytes that are not UTF-8 are kept as
+        surrogates, which the secret scanner reports rather than reads past."""
+        out = git(["-c", "core.quotePath=true", "diff", "--binary", "--full-index",
+                   "--find-renames", "--no-color", "--no-ext-diff", "--no-textconv",
+                   "--no-relative", "--src-prefix=a/", "--dst-prefix=b/", old, new, "--"],
+                  cwd=self.git_dir).stdout
+        return out.decode("utf-8", errors="surrogateescape")
+
+    def carry(self, worktree: Path, old: str, new: str) -> bool:
+        """Apply the change from ``old`` to ``new`` to the worktree (index and files, three-way
+        where needed); False, changing nothing, when it does not apply."""
+        patch = git(["diff", "--binary", "--full-index", "--no-color", "--no-ext-diff",
+                     "--no-textconv", "--no-relative", "--src-prefix=a/", "--dst-prefix=b/",
+                     old, new, "--"], cwd=self.git_dir).stdout
+        if not patch:
+            return True
+        proc = git(["apply", "--index", "--3way", "--whitespace=nowarn", "-"], cwd=worktree,
+                   input=patch, check=False)
+        if proc.returncode != 0:
+            git(["reset", "-q", "--hard", "HEAD"], cwd=worktree, check=False)
+            return False
+        return True
+
+    @staticmethod
+    def reset_worktree(worktree: Path, commit: str) -> None:
+        """Make the worktree exactly ``commit``: HEAD, index and files, with every untracked
+        and ignored file (what checks left behind) removed."""
+        git(["reset", "-q", "--hard", commit], cwd=worktree)
+        git(["clean", "-q", "-ffdx"], cwd=worktree)
+
     # -- landing
     def compare_and_swap(self, branch: str, new: str, old: str, reason: str) -> bool:
         proc = git(["update-ref", "-m", reason, f"refs/heads/{branch}", new, old],

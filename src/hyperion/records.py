@@ -66,6 +66,27 @@ class CheckResult(BaseModel):
     tail: str = ""
 
 
+class TaskIteration(BaseModel):
+    """One run of a task's harness and what became of its changes."""
+
+    number: int
+    outcome: str        # green, held, check_failed, timeout, harness_failed, no_changes, or a
+    #                     gate code
+    seconds: float
+    transcript: str     # artifact: the harness's stdout and stderr (redacted)
+    harness_exit: int | None = None
+    commit: str | None = None          # the worktree's files as a commit on the target's tip
+    onto: str | None = None            # the tip that commit was made on
+    diff: str | None = None            # artifact: the diff (redacted), when there was one
+    files: int = 0
+    added: int = 0
+    removed: int = 0
+    failure: str | None = None         # fingerprint of the normalised failure (stuck detection)
+    feedback: str | None = None        # artifact: the feedback file given to the next iteration
+    feedback_tail: str = ""            # its end (redacted), for notifications
+    approval: str | None = None        # sha256 of the diff held for approval (outcome held)
+
+
 class Source(BaseModel):
     kind: str          # "inbox" | "cli" | "rollback" | "git-inbox" | "git-note"
     name: str          # the file it came from (git: "<repo>:<commit>:<path>"; rollback: the
@@ -88,6 +109,7 @@ class Record(BaseModel):
     attempts: int = 0
     crashes: int = 0          # attempts that ended with the worker's process dying
     races: int = 0            # attempts that lost the race to land (the target moved)
+    waits: int = 0            # leases a task gave back to wait for its harness's limits
     error: ErrorInfo | None = None
     base: str | None = None
     base_commit: str | None = None
@@ -99,6 +121,7 @@ class Record(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)   # the last attempt's steps
     rolled_back_by: str | None = None  # the request that reverted this one
     checks: list[CheckResult] = Field(default_factory=list)
+    iterations: list[TaskIteration] = Field(default_factory=list)   # tasks only
     policy_rules: list[str] = Field(default_factory=list)
     depends_on: list[str] = Field(default_factory=list)
     waiting_for: list[str] = Field(default_factory=list)   # dependencies not landed yet

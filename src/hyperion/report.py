@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from hyperion.config import Config, NotifyConfig, redact_url
+from hyperion.errors import Code
 from hyperion.gate.secrets import redact
 from hyperion.metrics import METRICS
 from hyperion.records import Record, State
@@ -74,6 +75,8 @@ def fields(record: Record) -> dict[str, str]:
         "landed_commit": record.landed_commit or "", "check_tail": tail,
         "policy_rules": ", ".join(record.policy_rules),
         "inspect": f"hyperion inspect {record.id}",
+        "iterations": str(len(record.iterations)),
+        "feedback": record.iterations[-1].feedback_tail.rstrip() if record.iterations else "",
     }
 
 
@@ -94,7 +97,11 @@ def render(record: Record) -> tuple[str, str]:
         lines.append(f"Error: {f['error_code']}: {f['error_message']}")
         if record.error.path:
             lines.append(f"Where: {record.error.path}")
-    if f["check_tail"]:
+    if f["feedback"] and record.state is State.FAILED:
+        # A task that failed or got stuck escalates with what its harness was last told.
+        lines.append(f"Iterations: {f['iterations']}")
+        lines.append(f"Last feedback to the harness:\n{f['feedback']}")
+    elif f["check_tail"]:
         lines.append(f"Check output (last lines):\n{f['check_tail']}")
     if record.state is State.HELD:
         if record.policy_rules:
@@ -131,6 +138,9 @@ class Reporter:
         if record.state not in NOTIFY_TYPES:
             return noted
         event = record.state.value
+        if record.state is State.FAILED and record.error is not None and \
+                record.error.code is Code.STUCK:
+            event = "stuck"      # routed and templated on its own; sent as a failure
         title, body = self._render(event, record)
         key = _key(record.id, str(len(record.history)), event)
         return self._queue(key, event, title, body, NOTIFY_TYPES[record.state],

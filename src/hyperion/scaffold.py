@@ -23,6 +23,27 @@ checks:
   unit:
     run: ["python3", "-m", "pytest", "-q"]
     timeout_s: 600
+# Agent harnesses that tasks (kind: "task") may name. argv lists, never through a shell;
+# placeholders: {task_file} {instructions_file} {feedback_file} {worktree} {iteration}.
+# Only the variables `env` names reach a harness ("${VAR}": from hyperion's environment).
+# Check agent flags against your version of the agent.
+harnesses: {}
+#  script:
+#    run: ["python3", "/opt/agents/fix.py", "{instructions_file}", "{feedback_file}"]
+#    timeout_s: 600
+#  claude:
+#    run: ["claude", "-p", "--permission-mode", "acceptEdits", "--output-format", "text",
+#          "Carry out the task in {instructions_file}; {feedback_file}, if not empty,
+#           says why the last attempt failed. Do not commit."]
+#    timeout_s: 1800
+#    env: {ANTHROPIC_API_KEY: "${ANTHROPIC_API_KEY}"}
+#    max_concurrent: 2           # tasks at once (more wait)
+#    max_starts_per_hour: 20
+#  codex:
+#    run: ["codex", "exec", "--full-auto", "--skip-git-repo-check",
+#          "Carry out the task in {instructions_file}; {feedback_file}, if not empty,
+#           says why the last attempt failed. Do not commit."]
+#    env: {OPENAI_API_KEY: "${OPENAI_API_KEY}"}
 policy: policies/default.yaml   # limits and rules; see the comments in that file
 notify:
   urls: []                      # apprise URLs, e.g. "json://127.0.0.1:8099/hook"
@@ -52,7 +73,7 @@ def init_dir(directory: Path, *, repo: str | None, target: str) -> list[tuple[Pa
             repos = f"  {name}:\n    path: {repo_path}\n    target: {target}"
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(CONFIG_TEMPLATE.format(repos=repos))
+            f.write(CONFIG_TEMPLATE.replace("{repos}", repos))   # the template has other braces
         results.append((config, True))
     for sub in ("inbox", ".hyperion", "policies"):
         path = directory / sub

@@ -168,7 +168,7 @@ class Worker:
             if limit <= 1:
                 self._process(beat, request, record)
                 return True
-            members, others = self._gather(Member(beat, request, record), limit)
+            members, others, later = self._gather(Member(beat, request, record), limit)
             try:
                 if len(members) == 1:
                     self._process(beat, request, record)
@@ -182,6 +182,11 @@ class Worker:
                         self._process(other.beat, other.request, other.record)
                     finally:
                         other.beat.stop()
+                for task_lease, task_beat in later:
+                    try:
+                        self._open(task_lease, task_beat)   # runs the task
+                    finally:
+                        task_beat.stop()
         return True
 
     # ------------------------------------------------------------------ one request
@@ -205,6 +210,11 @@ class Worker:
                 "ended with hyperion's process dying; the request is kept with its record "
                 "(check the log, then `hyperion requeue` it)"), crashes=crashes)
             return None
+        if record.kind == "task":
+            from hyperion.tasks.loop import run_task  # tasks import this module
+
+            run_task(self, lease, beat, record, crashes)
+            return None
         try:
             request = ChangeRequest.model_validate_json(lease.payload)
         except ValueError:
@@ -226,15 +236,24 @@ class Worker:
             return 1
         return repo_config.batch.max
 
-    def _gather(self, first: Member, limit: int) -> tuple[list[Member], list[Member]]:
+    def _gather(self, first: Member, limit: int
+                ) -> tuple[list[Member], list[Member], list[tuple[Lease, Heartbeat]]]:
         """More ready requests for the same repository and target, up to ``limit`` in all.
-        Others leased on the way are returned to be processed one by one afterwards."""
-        members, others = [first], []
+        Other requests leased on the way (opened), and tasks (not yet opened), are returned
+        to be processed one by one afterwards."""
+        members: list[Member] = [first]
+        others: list[Member] = []
+        later: list[tuple[Lease, Heartbeat]] = []
         while len(members) < limit:
             lease = self.app.spool.lease(self.name, ttl_s=LEASE_TTL_S)
             if lease is None:
                 break
             beat = Heartbeat(self.app, lease).__enter__()
+            record = self.app.records.get(lease.id)
+            if record is not None and record.kind == "task":
+                # A task's harness may run for long: not while a batch waits on it.
+                later.append((lease, beat))
+                continue
             opened = self._open(lease, beat)
             if opened is None:
                 continue
@@ -245,7 +264,7 @@ class Worker:
                 members.append(member)
             else:
                 others.append(member)
-        return members, others
+        return members, others, later
 
     def _process(self, beat: Heartbeat, request: ChangeRequest, record: Record) -> None:
         timings = Timings()
@@ -431,7 +450,8 @@ class Worker:
         lease = beat.stop()
         races = record.races + (1 if race else 0)
         # Attempts that failed for a reason worth a retry: not crashes, not lost races.
-        tries = lease.attempts + 1 - record.crashes - races
+        # Not leases a task gave back to wait for its harness's limits (``waits``) either.
+        tries = lease.attempts + 1 - record.crashes - races - record.waits
         if race and races >= MAX_RACES:
             self._finish(beat, record, State.FAILED, info.model_copy(update={
                 "message": f"{info.message}, {races} times in a row: the target moves faster "

@@ -50,8 +50,7 @@ def judge(request: Request, config: Config, policy: Policy) -> Verdict:
     _check_names(request.checks, config)
     check_allowed_checks(policy, request.checks)
     if isinstance(request, TaskRequest):
-        _judge_task(request)
-    assert isinstance(request, ChangeRequest)
+        return _judge_task(request, config, policy)
     files = _judge_change(request)
     assert request.patch is not None
     check_limits(policy, len(request.patch.encode()), files)
@@ -80,10 +79,28 @@ def _check_names(checks: list[str], config: Config) -> None:
                             f"the configuration (defined: {known})", path=f"checks[{i}]")
 
 
-def _judge_task(task: TaskRequest) -> None:
-    raise GateError(Code.POLICY_DENIED, f"tasks need an agent harness ({task.harness!r}), and "
-                    "this gate runs no harnesses yet; submit a change request instead",
-                    path="harness")
+def _judge_task(task: TaskRequest, config: Config, policy: Policy) -> Verdict:
+    """A task has no patch yet: its harness must be configured, its scope usable, and the
+    policy must let its requester ask (agent rules; path rules apply to what the harness
+    makes, which the task loop judges as a change)."""
+    if task.harness not in config.harnesses:
+        known = ", ".join(sorted(config.harnesses)) or "none"
+        raise GateError(Code.POLICY_DENIED, f"no harness named {task.harness!r} is configured "
+                        f"(configured: {known}); name one of them or add it under `harnesses`",
+                        path="harness")
+    _check_scope(task.file_targets)
+    decision = decide(policy, task.requested_by, [])
+    if decision.action is Action.DENY:
+        raise GateError(Code.POLICY_DENIED, f"the policy denies this task ({decision.reason})",
+                        detail={"rules": list(decision.rules)})
+    return Verdict([], decision)
+
+
+def _check_scope(file_targets: list[str]) -> None:
+    for i, pattern in enumerate(file_targets):
+        if any(ord(c) < 32 or ord(c) == 127 for c in pattern) or pattern.startswith("/"):
+            raise GateError(Code.PATH_TRAVERSAL, "file_targets must be relative globs without "
+                            "control characters", path=f"file_targets[{i}]")
 
 
 def _judge_change(change: ChangeRequest) -> list[FilePatch]:
@@ -96,10 +113,7 @@ def _judge_change(change: ChangeRequest) -> list[FilePatch]:
     if change.commit is not None:
         raise GateError(Code.SCHEMA_VIOLATION, "give either `patch` or `commit`, not both",
                         path="commit")
-    for i, pattern in enumerate(change.file_targets):
-        if any(ord(c) < 32 or ord(c) == 127 for c in pattern) or pattern.startswith("/"):
-            raise GateError(Code.PATH_TRAVERSAL, "file_targets must be relative globs without "
-                            "control characters", path=f"file_targets[{i}]")
+    _check_scope(change.file_targets)
     files = parse_patch(change.patch)
     _check_manifest(change, files)
     for f in files:

@@ -50,7 +50,9 @@ def approve(app: App, record_id: str, *, by: str) -> Record:
     else:
         # Spool first: a crash before the transition leaves an approved item that a worker
         # runs, never an approval that is recorded but lost.
-        enqueue_request(app, request)
+        # A task held half-way has its spool item in dead/: requeue that one.
+        if not app.spool.requeue(record_id, reason=f"approved by {by}"):
+            enqueue_request(app, request)
         record = app.records.transition(record_id, State.QUEUED, by=by,
                                         reason=f"approved by {by}")
     app.reporter.notice(record, f"approved by {by}")

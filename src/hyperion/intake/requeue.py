@@ -67,5 +67,5 @@ def requeue(app: App, record_id: str, *, by: str, reason: str) -> Record:
         if not app.spool.requeue(record_id, payload, reason=why):
             app.spool.put(record_id, payload, priority=request.priority)
     return app.records.transition(record_id, State.QUEUED, by=by, reason=why, error=None,
-                                  attempts=0, crashes=0, races=0,
-                                  waiting_for=waiting)
+                                  attempts=0, crashes=0, races=0, waits=0,
+                                  iterations=[], waiting_for=waiting)

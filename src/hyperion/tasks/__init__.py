@@ -1,0 +1,1 @@
+"""Tasks: agent harnesses run in worktrees, their changes judged, checked and landed."""
