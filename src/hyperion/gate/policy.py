@@ -6,6 +6,7 @@ configuration names. Evaluation is pure and names every rule that fired.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from fnmatch import fnmatchcase
@@ -13,11 +14,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from hyperion.errors import Code, GateError
+from hyperion.gate.globset import GlobSet
 from hyperion.gate.patch import FilePatch
-from hyperion.gate.paths import in_scope
 from hyperion.gate.secrets import Allowlist
 
 
@@ -70,6 +71,8 @@ class Policy(_Strict):
     secrets: Allowlist = Field(default_factory=Allowlist, description=(
         "Findings of the secret scanner to let through: by fingerprint, path glob or regex."))
 
+    _compiled: CompiledRules | None = PrivateAttr(default=None)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -96,27 +99,98 @@ def load_policy(path: Path | None) -> Policy:
         raise ValueError(f"{path}: {where}: {first['msg']}") from None
 
 
-def _selects(m: Match, f: FilePatch) -> bool:
-    """Whether one touched file counts for a rule (per-file conditions)."""
-    if m.paths_not and in_scope(f.path, m.paths_not):
-        return False
-    if m.paths and not (in_scope(f.path, m.paths) or
-                        (f.old_path is not None and in_scope(f.old_path, m.paths))):
-        return False
-    return not m.operations or f.operation.value in m.operations
+class CompiledRules:
+    """A policy's rules prepared for evaluation: every glob of every rule in one
+    :class:`GlobSet`, so a patch of thousands of files costs a few lookups per file rather than
+    one glob match per file and rule."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        patterns: dict[str, int] = {}
+        for rule in rules:
+            for pattern in (*rule.match.paths, *rule.match.paths_not):
+                patterns.setdefault(pattern, len(patterns))
+        self.globs = GlobSet(list(patterns))
+        self.selects: list[tuple[int, ...]] = [() for _ in patterns]   # pattern -> rules
+        self.excludes: list[tuple[int, ...]] = [() for _ in patterns]
+        for index, rule in enumerate(rules):
+            for pattern in set(rule.match.paths):
+                self.selects[patterns[pattern]] += (index,)
+            for pattern in set(rule.match.paths_not):
+                self.excludes[patterns[pattern]] += (index,)
+        self.operations = [frozenset(r.match.operations) for r in rules]
+
+    def fired(self, agent: str, files: list[FilePatch]) -> list[Rule]:
+        """The rules whose every condition holds for this agent and these files, in order."""
+        new_hits = self.globs.match_all([f.path for f in files])
+        renamed = [i for i, f in enumerate(files) if f.old_path is not None]
+        old_hits: dict[int, list[int]] = {}
+        if renamed:
+            found = self.globs.match_all([files[i].old_path or "" for i in renamed])
+            old_hits = {p: [renamed[j] for j in hits] for p, hits in found.items()}
+        excluded: dict[int, set[int]] = {}        # rule -> files its paths_not set aside
+        selected: dict[int, set[int]] = {}        # rule -> files its paths select
+        for p, hits in new_hits.items():
+            for r in self.excludes[p]:
+                excluded.setdefault(r, set()).update(hits)
+            for r in self.selects[p]:
+                selected.setdefault(r, set()).update(hits)
+        for p, hits in old_hits.items():
+            for r in self.selects[p]:
+                selected.setdefault(r, set()).update(hits)
+        totals: dict[str, tuple[int, int]] | None = None   # operation -> (files, lines)
+        fired = []
+        for r, rule in enumerate(self.rules):
+            m = rule.match
+            if m.agents and not any(fnmatchcase(agent, pattern) for pattern in m.agents):
+                continue
+            ops = self.operations[r]
+            if not m.paths and r not in excluded:
+                # Every file counts: sums per operation, computed once for all such rules.
+                if totals is None:
+                    totals = _totals(files)
+                count = lines = 0
+                for op, (n, size) in totals.items():
+                    if not ops or op in ops:
+                        count += n
+                        lines += size
+            else:
+                chosen: Iterable[int] = selected.get(r, ()) if m.paths else range(len(files))
+                if r in excluded:
+                    chosen = set(chosen) - excluded[r]
+                if ops:
+                    chosen = [i for i in chosen if files[i].operation in ops]
+                chosen = list(chosen)
+                count = len(chosen)
+                lines = (sum(files[i].added_lines + files[i].removed_lines for i in chosen)
+                         if m.min_lines is not None else 0)
+            if (m.paths or m.operations) and not count:
+                continue
+            if m.min_files is not None and count < m.min_files:
+                continue
+            if m.min_lines is not None and lines < m.min_lines:
+                continue
+            fired.append(rule)
+        return fired
 
 
-def _rule_fires(rule: Rule, agent: str, files: list[FilePatch]) -> bool:
-    m = rule.match
-    if m.agents and not any(fnmatchcase(agent, pattern) for pattern in m.agents):
-        return False
-    selected = [f for f in files if _selects(m, f)]
-    if (m.paths or m.operations) and not selected:
-        return False
-    if m.min_files is not None and len(selected) < m.min_files:
-        return False
-    lines = sum(f.added_lines + f.removed_lines for f in selected)
-    return m.min_lines is None or lines >= m.min_lines
+def _totals(files: list[FilePatch]) -> dict[str, tuple[int, int]]:
+    counts: dict[str, int] = {}
+    lines: dict[str, int] = {}
+    for f in files:
+        op = f.operation   # a StrEnum: equal to, and hashed like, its value
+        counts[op] = counts.get(op, 0) + 1
+        lines[op] = lines.get(op, 0) + f.added_lines + f.removed_lines
+    return {str(op): (n, lines[op]) for op, n in counts.items()}
+
+
+def compiled(policy: Policy) -> CompiledRules:
+    """The policy's rules compiled once and kept with it (rebuilt if its rules are replaced)."""
+    cached = policy._compiled
+    if cached is None or cached.rules is not policy.rules:
+        cached = CompiledRules(policy.rules)
+        policy._compiled = cached
+    return cached
 
 
 def check_limits(policy: Policy, patch_bytes: int, files: list[FilePatch]) -> None:
@@ -150,8 +224,14 @@ def check_approver(policy: Policy, actor: str) -> None:
                         "`hyperion approve`", path="by")
 
 
+def fired_rules(policy: Policy, agent: str, files: list[FilePatch]) -> list[str]:
+    """Every rule whose conditions hold, whatever its action (the decision keeps only the most
+    severe of them)."""
+    return [r.name for r in compiled(policy).fired(agent, files)]
+
+
 def decide(policy: Policy, agent: str, files: list[FilePatch]) -> Decision:
-    fired = [r for r in policy.rules if _rule_fires(r, agent, files)]
+    fired = compiled(policy).fired(agent, files)
     if not fired:
         return Decision(policy.default, (), f"no rule matched; the default is "
                         f"{policy.default.value}")
