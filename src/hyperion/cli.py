@@ -116,7 +116,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from hyperion.errors import GateError
     from hyperion.gate.policy import check_approver
-    from hyperion.gate.verdict import judge
+    from hyperion.gate.review import review
     from hyperion.requests import ApprovalRequest, claimed_id, incoming_from_json, load_json
 
     config = _config(args)
@@ -140,7 +140,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if isinstance(incoming, ApprovalRequest):
                 check_approver(policy, incoming.by)
             else:
-                judge(incoming, config, policy)
+                review(config, policy, incoming, obj)
         except GateError as exc:
             entry["ok"] = False
             entry["errors"].append(exc.info.model_dump(mode="json", exclude={"detail"}))

@@ -64,6 +64,11 @@ class ChangeRequest(_Model):
         "An older request this one replaces: cancelled if it is still queued or held."))
     not_before: AwareDatetime | None = Field(None, description=(
         "Do not start before this time (ISO 8601 with a time zone)."))
+    signature: str | None = Field(None, min_length=1, max_length=16384,
+                                  pattern=r"^-----BEGIN SSH SIGNATURE-----", description=(
+        "An armored SSH signature (ssh-keygen -Y sign -n hyperion) over the request's "
+        "canonical JSON: the request object without `signature`, keys sorted, separators "
+        "',' and ':', no added whitespace, UTF-8 (`hyperion sign-payload FILE` prints it)."))
 
 
 class TaskRequest(_Model):
@@ -84,6 +89,11 @@ class TaskRequest(_Model):
     priority: int = Field(0, ge=-1000, le=1000)
     max_iterations: int = Field(3, ge=1, le=50)
     timeout_s: int = Field(1800, ge=1, le=7 * 24 * 3600)
+    signature: str | None = Field(None, min_length=1, max_length=16384,
+                                  pattern=r"^-----BEGIN SSH SIGNATURE-----", description=(
+        "An armored SSH signature (ssh-keygen -Y sign -n hyperion) over the request's "
+        "canonical JSON: the request object without `signature`, keys sorted, separators "
+        "',' and ':', no added whitespace, UTF-8 (`hyperion sign-payload FILE` prints it)."))
 
 
 class ApprovalRequest(_Model):

@@ -29,6 +29,7 @@ from pathlib import Path
 from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo
 from hyperion.fsutil import write_atomic
+from hyperion.gate.review import tree_refusal
 from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
 from hyperion.intake.dependencies import settle_dependents
 from hyperion.metrics import METRICS
@@ -281,6 +282,8 @@ class Worker:
             repo.worktree_add(worktree, tip)
         try:
             assert request.patch is not None
+            if (refused := tree_refusal(self.app, record, repo, tip, request.patch)):
+                raise Failed(refused.code, refused.message, refused.path)
             with _stage("apply"):
                 reason = repo.apply_check(worktree, request.patch)
             if reason is not None:

@@ -6,7 +6,7 @@ configuration names. Evaluation is pure and names every rule that fired.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from fnmatch import fnmatchcase
@@ -60,6 +60,16 @@ class Rule(_Strict):
     reason: str = ""
 
 
+class Signatures(_Strict):
+    allowed_signers: str = Field(min_length=1, max_length=1024, description=(
+        "An ssh allowed_signers file (see ssh-keygen(1)): principals are agent names or "
+        "globs. Relative to the policy file's folder; for a policy read from the target "
+        "branch, a file of the repository at the same commit. Read when the policy loads."))
+    require_for: list[str] = Field(default_factory=list, description=(
+        "Agent name globs whose requests must carry a valid `signature`; a signature on any "
+        "other request is verified too."))
+
+
 class Policy(_Strict):
     version: Literal[1] = 1
     default: Action = Action.ALLOW
@@ -70,8 +80,21 @@ class Policy(_Strict):
         "Who may decide held requests with an approval file (name globs); none by default."))
     secrets: Allowlist = Field(default_factory=Allowlist, description=(
         "Findings of the secret scanner to let through: by fingerprint, path glob or regex."))
+    allow_submodules: bool = Field(False, description=(
+        "Whether a change may add, update or remove a gitlink (a submodule, mode 160000)."))
+    signatures: Signatures | None = Field(None, description=(
+        "Verify requests' SSH signatures against an allowed_signers file."))
 
     _compiled: CompiledRules | None = PrivateAttr(default=None)
+    _allowed_signers: str | None = PrivateAttr(default=None)
+
+    def allowed_signers_text(self) -> str:
+        """The allowed_signers content read when the policy was loaded (or, for a policy built
+        in code, read now from its path)."""
+        if self._allowed_signers is not None:
+            return self._allowed_signers
+        assert self.signatures is not None
+        return Path(self.signatures.allowed_signers).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -88,15 +111,37 @@ def load_policy(path: Path | None) -> Policy:
     if path is None:
         return Policy()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the policy: {exc}") from None
+
+    def read_signers(name: str) -> str:
+        signers = path.parent / Path(name).expanduser()
+        try:
+            return signers.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: signatures.allowed_signers: cannot read {signers}: "
+                             f"{exc}") from None
+
+    return parse_policy(text, str(path), read_signers)
+
+
+def parse_policy(text: str, origin: str, read_signers: Callable[[str], str]) -> Policy:
+    """Validate policy YAML; ``read_signers`` gives the allowed_signers content it names.
+    ValueError names ``origin``, the key and the problem."""
     try:
-        return Policy.model_validate(data if data is not None else {})
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{origin}: not valid YAML: {exc}") from None
+    try:
+        policy = Policy.model_validate(data if data is not None else {})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ValueError(f"{path}: {where}: {first['msg']}") from None
+        raise ValueError(f"{origin}: {where}: {first['msg']}") from None
+    if policy.signatures is not None:
+        policy._allowed_signers = read_signers(policy.signatures.allowed_signers)
+    return policy
 
 
 class CompiledRules:
