@@ -132,7 +132,7 @@ def parse_policy(text: str, origin: str, read_signers: Callable[[str], str]) -> 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{origin}: not valid YAML: {exc}") from None
+        raise ValueError(f"{origin}: not valid YAML: {' '.join(str(exc).split())}") from None
     try:
         policy = Policy.model_validate(data if data is not None else {})
     except ValidationError as exc:

@@ -95,7 +95,7 @@ def check_signature(obj: dict[str, Any], agent: str, policy: Policy) -> None:
                 raise GateError(Code.BAD_SIGNATURE, f"the request was signed with a key that "
                                 "allowed_signers gives to "
                                 f"{', '.join(repr(p) for p in principals[:5])}, not to "
-                                f"{agent!r}; sign with {agent!r}'s key, or add that key for "
+                                f"{agent!r}; sign with the key of {agent!r}, or add this key for "
                                 f"{agent!r} to allowed_signers", path="signature")
             raise GateError(Code.BAD_SIGNATURE, "the signature does not verify: the request "
                             "was changed after it was signed, or was signed in another "
