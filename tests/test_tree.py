@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from conftest import Setup, git, make_repo
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hyperion.errors import Code, GateError
 from hyperion.gate.patch import parse_patch
@@ -169,3 +171,39 @@ def test_the_worker_checks_again_against_the_commit_it_applies_onto(setup: Setup
     assert record["error"]["code"] == "path_traversal"
     assert "beyond the symbolic link 'docs'" in record["error"]["message"]
     assert git(setup.repo, "log", "--format=%s", "-1").strip() == "docs elsewhere"
+
+
+STEPS = st.sampled_from(["..", ".", "docs", "up", "inner", "etc-link", "deep", "er", "x",
+                         "file.txt", "vendor", "sub", ""])
+
+
+@pytest.fixture(scope="module")
+def linked(tmp_path_factory: pytest.TempPathFactory) -> tuple[GitRepo, str]:
+    return repo_with_links(tmp_path_factory.mktemp("linked"))
+
+
+@given(folder=st.sampled_from(["", "docs", "deep", "deep/er", "new"]),
+       target=st.lists(STEPS, min_size=1, max_size=5).map("/".join))
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_an_accepted_link_resolves_inside_the_checkout(linked: tuple[GitRepo, str],
+                                                       folder: str, target: str) -> None:
+    """Whatever the target, a link the check lets through really points inside the checkout
+    once the filesystem resolves it (with the tree's own links followed)."""
+    repo, tip = linked
+    link = f"{folder}/l" if folder else "l"
+    try:
+        check_against_tree(repo, tip, parse_patch(new_link(link, target)))
+    except GateError as exc:
+        assert exc.info.code is Code.PATH_TRAVERSAL
+        return
+    root = os.path.realpath(repo.path)
+    resolved = os.path.realpath(os.path.join(root, folder, target))
+    assert resolved == root or resolved.startswith(root + os.sep), (link, target, resolved)
+    assert ".git" not in Path(os.path.relpath(resolved, root)).parts
+
+
+def test_many_paths_are_listed_in_several_commands(tmp_path: Path) -> None:
+    repo, tip = repo_with_links(tmp_path)
+    paths = [f"dir{i:05d}/{'x' * 60}/file" for i in range(3000)] + ["etc-link", "app.py"]
+    assert repo.tree_entries(tip, paths) == {"etc-link": "120000", "app.py": "100644"}
