@@ -108,3 +108,14 @@ def test_policy_from_target_must_be_a_relative_path(setup: Setup) -> None:
     setup.config.write_text(config)
     out = setup.cli("config", "--check")
     assert out.returncode == 2 and "policy_from_target" in out.stderr
+
+
+def test_doctor_reports_the_target_policy(setup: Setup) -> None:
+    use_target_policy(setup, None)
+    out = setup.cli("doctor", "--format", "json")
+    finding = next(c for c in json.loads(out.stdout)["checks"] if c["name"] == "policy of demo")
+    assert not finding["ok"] and "does not exist there" in finding["message"]
+    use_target_policy(setup, REPO_POLICY)
+    out = setup.cli("doctor", "--format", "json")
+    finding = next(c for c in json.loads(out.stdout)["checks"] if c["name"] == "policy of demo")
+    assert finding["ok"] and "(1 rules)" in finding["message"]
