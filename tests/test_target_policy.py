@@ -119,3 +119,16 @@ def test_doctor_reports_the_target_policy(setup: Setup) -> None:
     out = setup.cli("doctor", "--format", "json")
     finding = next(c for c in json.loads(out.stdout)["checks"] if c["name"] == "policy of demo")
     assert finding["ok"] and "(1 rules)" in finding["message"]
+
+
+def test_approvers_come_from_the_target_policy(setup: Setup) -> None:
+    use_target_policy(setup, "version: 1\napprovers: [lead-*]\nrules:\n  - name: docs\n"
+                      "    match: {paths: ['docs/**']}\n    action: require_approval\n")
+    assert submit(setup, setup.request("held-t", {"docs/readme.txt": "x\n"}))["state"] == "held"
+    approval = {"kind": "approval", "version": 1, "request": "held-t", "decision": "approve"}
+    setup.drop("a1.json", dict(approval, id="apr-1", by="intern"))
+    setup.drop("a2.json", dict(approval, id="apr-2", by="lead-ann"))
+    assert setup.cli("run", "--once").returncode == 0
+    error = setup.record("apr-1")["error"]
+    assert error["code"] == "policy_denied" and "'intern' may not decide" in error["message"]
+    assert setup.record("held-t")["state"] == "landed"

@@ -111,6 +111,20 @@ def policy_at(config: Config, policy: Policy, repo_name: str, repo: GitRepo | No
                         path="target") from None
 
 
+def policy_for_record(config: Config, policy: Policy, record: Record) -> Policy:
+    """The policy that governs a recorded request now: its repo's target tip policy with
+    ``policy_from_target``, else the configured one. GateError when that cannot be used."""
+    if record.repo is None or record.target is None or record.repo not in config.repos \
+            or config.repos[record.repo].policy_from_target is None:
+        return policy
+    try:
+        repo: GitRepo | None = GitRepo(config.repos[record.repo].path)
+    except GitError:
+        repo = None
+    tip = repo.branch_commit(record.target) if repo is not None else None
+    return policy_at(config, policy, record.repo, repo, tip, record.target)
+
+
 def _agent(request: Request) -> str:
     return request.agent if isinstance(request, ChangeRequest) else request.requested_by
 

@@ -16,7 +16,7 @@ from typing import Any
 from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo, GateError
 from hyperion.gate.policy import Action, check_approver
-from hyperion.gate.review import review
+from hyperion.gate.review import policy_for_record, review
 from hyperion.gate.verdict import repo_name
 from hyperion.intake.dependencies import (
     blockers,
@@ -142,7 +142,8 @@ def _approval_file(app: App, data: bytes, source: Source, approval: ApprovalRequ
     if target is not None and any(marker in h.by for h in target.history):
         return Outcome(target.id, target.state, target.error, repeated=True)
     try:
-        check_approver(app.policy, approval.by)
+        check_approver(policy_for_record(app.config, app.policy, target) if target is not None
+                       else app.policy, approval.by)
         if target is None:
             raise GateError(Code.POLICY_DENIED, f"there is no request {approval.request!r} to "
                             "decide on", path="request")
