@@ -31,6 +31,13 @@ by ``glob_match`` (linear time), so no path can make a regular expression backtr
 _SPECIAL = frozenset("*?[\\")
 
 
+def _has_invalid(text: str) -> bool:
+    """Whether a "\n"-joined list holds a path no pattern matches: empty, with a leading or
+    trailing "/", or an empty segment (substring searches: C speed)."""
+    return (not text or text[0] in "/\n" or text[-1] in "/\n" or "//" in text
+            or "\n\n" in text or "\n/" in text or "/\n" in text)
+
+
 def _literal(text: str) -> bool:
     return not (_SPECIAL & set(text))
 
@@ -153,28 +160,28 @@ class GlobSet:
         matches, for the patterns that match any. Same answers as :meth:`matching` on each
         path, with the per-path work in a few C-level passes (sorting, set intersections)."""
         out: dict[int, list[int]] = {}
-        valid = [i for i, p in enumerate(paths)
-                 if p and p[0] != "/" and p[-1] != "/" and "//" not in p]
-
         def add(index: int, path_indexes: list[int]) -> None:
             out.setdefault(index, []).extend(path_indexes)
 
-        odd = [i for i in valid if "\n" in paths[i]]   # never from a checked path
-        if odd:
-            valid = [i for i in valid if "\n" not in paths[i]]
-            for i in odd:
-                for index in self.matching(paths[i]):
-                    add(index, [i])
-
+        text = "\n".join(paths)
+        if text.count("\n") == len(paths) - 1 and not _has_invalid(text):
+            valid: Sequence[int] = range(len(paths))   # the usual case, checked in C
+        else:
+            valid = [i for i, p in enumerate(paths)
+                     if p and p[0] != "/" and p[-1] != "/" and "//" not in p]
+            odd = [i for i in valid if "\n" in paths[i]]   # never from a checked path
+            if odd:
+                valid = [i for i in valid if "\n" not in paths[i]]
+                for i in odd:
+                    for index in self.matching(paths[i]):
+                        add(index, [i])
         # path -> its index; the rare repeated path (two copies of one file) -> all of them.
-        where: dict[str, int] = {}
+        where = dict(zip([paths[i] for i in valid], valid, strict=True))
         repeated: dict[str, list[int]] = {}
-        for i in valid:
-            path = paths[i]
-            if path in where:
-                repeated.setdefault(path, [where[path]]).append(i)
-            else:
-                where[path] = i
+        if len(where) != len(valid):
+            for i in valid:
+                repeated.setdefault(paths[i], []).append(i)
+            repeated = {p: hits for p, hits in repeated.items() if len(hits) > 1}
 
         def at(path: str) -> list[int]:
             return repeated.get(path) or [where[path]]
@@ -192,26 +199,37 @@ class GlobSet:
                     for index in indexes:
                         add(index, below)
         if self._by_name:
-            # One pass without a container per path: few allocations, few GC pauses.
-            names, exts = self._name, self._ext
-            for path in where:
-                name = path[path.rfind("/") + 1:]
-                hit = names.get(name)
-                if hit:
-                    for index in hit:
-                        add(index, at(path))
-                dot = name.rfind(".")
-                for index, suffix in exts.get(name[dot + 1:] if dot != -1 else name, ()):
-                    if name.endswith(suffix):
-                        add(index, at(path))
+            # Per-path work in list comprehensions and set intersections; a loop only over
+            # the paths whose name or extension some pattern has.
+            listed = list(where)
+            names = [p[p.rfind("/") + 1:] for p in listed]
+            if self._name:
+                hit_names = self._name.keys() & set(names)
+                if hit_names:
+                    for path, name in zip(listed, names, strict=True):
+                        if name in hit_names:
+                            for index in self._name[name]:
+                                add(index, at(path))
+            if self._ext:
+                exts = [n.rpartition(".")[2] for n in names]
+                hit_exts = self._ext.keys() & set(exts)
+                if hit_exts:
+                    for path, name, ext in zip(listed, names, exts, strict=True):
+                        if ext in hit_exts:
+                            for index, suffix in self._ext[ext]:
+                                if name.endswith(suffix):
+                                    add(index, at(path))
         if self._regexes:
-            short = [p for p in where if len(p) <= REGEX_PATH_LIMIT]
+            longest = max(map(len, where), default=0)
+            short = list(where) if longest <= REGEX_PATH_LIMIT else \
+                [p for p in where if len(p) <= REGEX_PATH_LIMIT]
+            long = [] if longest <= REGEX_PATH_LIMIT else \
+                [p for p in where if len(p) > REGEX_PATH_LIMIT]
             if self._any_regex is not None:
-                short = [p for p in short if self._any_regex.fullmatch(p)]
+                short = list(filter(self._any_regex.fullmatch, short))
             for index, regex in self._regexes:
-                hits = [i for p in short if regex.fullmatch(p) for i in at(p)]
-                hits += [i for p in where if len(p) > REGEX_PATH_LIMIT
-                         and glob_match(p, self.patterns[index]) for i in at(p)]
+                hits = [i for p in filter(regex.fullmatch, short) for i in at(p)]
+                hits += [i for p in long if glob_match(p, self.patterns[index]) for i in at(p)]
                 if hits:
                     add(index, hits)
         for index in self._slow:

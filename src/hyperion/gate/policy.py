@@ -6,10 +6,12 @@ configuration names. Evaluation is pure and names every rule that fired.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from fnmatch import fnmatchcase
+from operator import attrgetter
 from pathlib import Path
 from typing import Literal
 
@@ -167,10 +169,11 @@ class CompiledRules:
 
     def fired(self, agent: str, files: list[FilePatch]) -> list[Rule]:
         """The rules whose every condition holds for this agent and these files, in order."""
-        new_hits = self.globs.match_all([f.path for f in files])
-        renamed = [i for i, f in enumerate(files) if f.old_path is not None]
+        new_hits = self.globs.match_all(list(map(attrgetter("path"), files)))
+        sources = list(map(attrgetter("old_path"), files))
         old_hits: dict[int, list[int]] = {}
-        if renamed:
+        if sources.count(None) != len(sources):
+            renamed = [i for i, source in enumerate(sources) if source is not None]
             found = self.globs.match_all([files[i].old_path or "" for i in renamed])
             old_hits = {p: [renamed[j] for j in hits] for p, hits in found.items()}
         excluded: dict[int, set[int]] = {}        # rule -> files its paths_not set aside
@@ -183,7 +186,7 @@ class CompiledRules:
         for p, hits in old_hits.items():
             for r in self.selects[p]:
                 selected.setdefault(r, set()).update(hits)
-        totals: dict[str, tuple[int, int]] | None = None   # operation -> (files, lines)
+        totals = _Totals(files)
         fired = []
         for r, rule in enumerate(self.rules):
             m = rule.match
@@ -191,14 +194,9 @@ class CompiledRules:
                 continue
             ops = self.operations[r]
             if not m.paths and r not in excluded:
-                # Every file counts: sums per operation, computed once for all such rules.
-                if totals is None:
-                    totals = _totals(files)
-                count = lines = 0
-                for op, (n, size) in totals.items():
-                    if not ops or op in ops:
-                        count += n
-                        lines += size
+                # Every file counts: totals computed once (and only if a rule needs them).
+                count = totals.files(ops)
+                lines = totals.lines(ops) if m.min_lines is not None else 0
             else:
                 chosen: Iterable[int] = selected.get(r, ()) if m.paths else range(len(files))
                 if r in excluded:
@@ -219,14 +217,28 @@ class CompiledRules:
         return fired
 
 
-def _totals(files: list[FilePatch]) -> dict[str, tuple[int, int]]:
-    counts: dict[str, int] = {}
-    lines: dict[str, int] = {}
-    for f in files:
-        op = f.operation   # a StrEnum: equal to, and hashed like, its value
-        counts[op] = counts.get(op, 0) + 1
-        lines[op] = lines.get(op, 0) + f.added_lines + f.removed_lines
-    return {str(op): (n, lines[op]) for op, n in counts.items()}
+class _Totals:
+    """Counts over all files of a patch, per operation, computed on first use."""
+
+    def __init__(self, files: list[FilePatch]) -> None:
+        self._files = files
+        self._counts: Counter[str] | None = None
+        self._lines: dict[frozenset[str], int] = {}
+
+    def files(self, ops: frozenset[str]) -> int:
+        if not ops:
+            return len(self._files)
+        if self._counts is None:
+            # Operation is a StrEnum: equal to, and hashed like, its value.
+            self._counts = Counter(map(attrgetter("operation"), self._files))
+        return sum(self._counts[op] for op in ops)
+
+    def lines(self, ops: frozenset[str]) -> int:
+        if ops not in self._lines:
+            files = self._files if not ops else [f for f in self._files if f.operation in ops]
+            self._lines[ops] = (sum(map(attrgetter("added_lines"), files))
+                                + sum(map(attrgetter("removed_lines"), files)))
+        return self._lines[ops]
 
 
 def compiled(policy: Policy) -> CompiledRules:
