@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from hyperion import landing
 from hyperion.apply import ApplyConflict, apply_patch, render_report
 from hyperion.errors import Code, ErrorInfo
+from hyperion.gate.review import tree_refusal
 from hyperion.gitops import GitRepo
 from hyperion.intake.git_requests import landing_identity
 from hyperion.outcome import Failed, Retry, Timings
@@ -141,6 +142,15 @@ class Batch:
             if base_commit is None:
                 self.fail(m, ErrorInfo(code=Code.APPLY_CONFLICT, path="base", message=(
                     f"the base {request.base!r} is not a commit in the repository")))
+                continue
+            # The policy from the tip (never from changes not landed yet), the tree as the
+            # members before this one leave it.
+            refused = tree_refusal(self.app, m.record, repo, tip, request.patch)
+            if refused is None and parent != tip:
+                refused = tree_refusal(self.app, m.record, repo, parent, request.patch)
+            if refused is not None:
+                self.fail(m, ErrorInfo(code=refused.code, message=refused.message,
+                                       path=refused.path))
                 continue
             try:
                 applied = apply_patch(repo, worktree, request.patch, tip=parent,

@@ -116,7 +116,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from hyperion.errors import GateError
     from hyperion.gate.policy import check_approver
-    from hyperion.gate.verdict import judge
+    from hyperion.gate.review import review
     from hyperion.requests import ApprovalRequest, claimed_id, incoming_from_json, load_json
 
     config = _config(args)
@@ -140,7 +140,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if isinstance(incoming, ApprovalRequest):
                 check_approver(policy, incoming.by)
             else:
-                judge(incoming, config, policy)
+                review(config, policy, incoming, obj)
         except GateError as exc:
             entry["ok"] = False
             entry["errors"].append(exc.info.model_dump(mode="json", exclude={"detail"}))
@@ -159,6 +159,56 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     _emit(args, results, text)
     return EXIT_OK if all(r["ok"] for r in results) else EXIT_PROBLEM
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from hyperion.config import Config, ConfigError, find_config
+    from hyperion.gate.policy import load_policy
+    from hyperion.policytest import FixtureError, render_text, run_fixtures
+
+    if args.policy:
+        # The configuration is optional here: only its request limits are used.
+        found = args.config or (str(find_config(None)) if find_config(None).exists() else None)
+        config = _config(args) if found else Config()
+        try:
+            policy = load_policy(Path(args.policy))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        name = args.policy
+    else:
+        config = _config(args)
+        policy = _policy(config)
+        name = str(config.policy) if config.policy else "the built-in default (allow all)"
+    try:
+        results = run_fixtures(Path(args.dir), policy, config)
+    except FixtureError as exc:
+        raise UsageError(str(exc)) from None
+    failed = sum(1 for r in results if not r.ok)
+    data = {"policy": name, "passed": len(results) - failed, "failed": failed,
+            "cases": [r.as_json() for r in results]}
+    _emit(args, data, lambda: render_text(results, name))
+    return EXIT_PROBLEM if failed else EXIT_OK
+
+
+def cmd_sign_payload(args: argparse.Namespace) -> int:
+    from hyperion.errors import GateError
+    from hyperion.gate.signatures import canonical_payload
+    from hyperion.requests import load_json
+
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{args.file}: cannot read: {exc.strerror}") from None
+    try:
+        obj = load_json(data, max_bytes=64 * 1024 * 1024, max_depth=512)
+        if not isinstance(obj, dict):
+            raise UsageError(f"{args.file}: a request is a JSON object")
+        payload = canonical_payload(obj)
+    except (GateError, ValueError) as exc:
+        raise UsageError(f"{args.file}: {exc}") from None
+    sys.stdout.buffer.write(payload)
+    sys.stdout.flush()
+    return EXIT_OK
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -665,6 +715,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run parse + schema + gate on files without queueing")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("policy", help="policy tools")
+    policy_sub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    q = policy_sub.add_parser("test", parents=[common, fmt],
+                              help="run fixture requests in DIR against the policy and compare "
+                              "with their expected decisions")
+    q.add_argument("dir", metavar="DIR")
+    q.add_argument("--policy", metavar="FILE",
+                   help="the policy to test (default: the configuration's `policy`)")
+    q.set_defaults(func=cmd_policy_test)
+
+    p = sub.add_parser("sign-payload", parents=[common],
+                       help="print the canonical JSON of a request: the bytes to sign with "
+                       "ssh-keygen -Y sign -n hyperion")
+    p.add_argument("file", metavar="FILE", help="a request file, or - for standard input")
+    p.set_defaults(func=cmd_sign_payload)
 
     p = sub.add_parser("submit", parents=[common, fmt],
                        help="submit request files (like dropping them in the inbox)")

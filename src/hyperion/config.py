@@ -95,6 +95,19 @@ class RepoConfig(_Strict):
     results_ref: str | None = Field("refs/notes/hyperion", description=(
         "Notes ref for results: one JSON line per outcome on the landed commit and on the "
         "commit a git request came from (null: write no notes)."))
+    policy_from_target: str | None = Field(None, min_length=1, max_length=1024, description=(
+        "A policy file inside this repository (e.g. policies/hyperion.yaml), read from the tip "
+        "of each request's target branch instead of the configured `policy`; never from the "
+        "change under review. Missing or invalid there: the request is refused "
+        "policy_denied."))
+
+    @field_validator("policy_from_target")
+    @classmethod
+    def _repo_path(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or any(
+                part in ("", ".", "..") for part in value.split("/"))):
+            raise ValueError(f"{value!r} must be a plain path relative to the repository root")
+        return value
 
     @field_validator("target")
     @classmethod

@@ -34,6 +34,8 @@ def diagnose(config: Config, *, send_test: bool = False) -> list[Finding]:
     out.append(_inbox(config.inbox))
     out.append(_inotify())
     out.append(_policy(config))
+    out += [_target_policy(name, config) for name in sorted(config.repos)
+            if config.repos[name].policy_from_target]
     out += [_check(name, argv[0]) for name, argv in
             sorted((n, c.run) for n, c in config.checks.items())]
     out += [_harness(name, harness) for name, harness in sorted(config.harnesses.items())]
@@ -153,7 +155,36 @@ def _policy(config: Config) -> Finding:
         policy = load_policy(config.policy)
     except ValueError as exc:
         return Finding("policy", False, f"{exc}: fix the policy file")
+    if policy.signatures is not None and shutil.which("ssh-keygen") is None:
+        return Finding("policy", False, f"{config.policy} verifies signatures, but ssh-keygen "
+                       "is not on PATH: install OpenSSH's client tools")
     return Finding("policy", True, f"{config.policy} ({len(policy.rules)} rules)")
+
+
+def _target_policy(name: str, config: Config) -> Finding:
+    """The policy a repo reads from its default target's tip: usable there now?"""
+    from hyperion.gate.review import tip_policy
+    from hyperion.gitops import GitError, GitRepo
+
+    repo_config = config.repos[name]
+    path = repo_config.policy_from_target
+    assert path is not None
+    label = f"policy of {name}"
+    try:
+        repo = GitRepo(repo_config.path)
+        tip = repo.branch_commit(repo_config.target)
+        if tip is None:
+            return Finding(label, False, f"the target branch {repo_config.target!r} does not "
+                           f"exist, so {path} cannot be read from it")
+        policy = tip_policy(repo, tip, path)
+    except (GitError, ValueError) as exc:
+        return Finding(label, False, f"{path} at {repo_config.target}: {exc}; requests to "
+                       f"{name} are refused until it is fixed on {repo_config.target}")
+    if policy.signatures is not None and shutil.which("ssh-keygen") is None:
+        return Finding(label, False, f"{path} verifies signatures, but ssh-keygen is not on "
+                       "PATH: install OpenSSH's client tools")
+    return Finding(label, True, f"{path} at {repo_config.target} {tip[:12]} "
+                   f"({len(policy.rules)} rules)")
 
 
 def _check(name: str, program: str) -> Finding:

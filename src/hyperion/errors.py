@@ -21,6 +21,7 @@ class Code(StrEnum):
     OUT_OF_SCOPE = "out_of_scope"
     POLICY_DENIED = "policy_denied"
     SECRET_DETECTED = "secret_detected"
+    BAD_SIGNATURE = "bad_signature"
     TOO_LARGE = "too_large"
     HASH_MISMATCH = "hash_mismatch"
     CHECK_NOT_ALLOWED = "check_not_allowed"

@@ -26,6 +26,7 @@ SAFE_CONFIG = (
 COMMITTER = ("hyperion", "hyperion@localhost")
 ZERO_OID = "0" * 40
 NOTE_ATTEMPTS = 50
+_ARGV_BUDGET = 64 * 1024   # bytes of paths per git command line (ARG_MAX is far above)
 TRAILER = "Hyperion-Request"
 _TRAILER_LINE = re.compile(rf"^\s*{TRAILER}\s*:", re.IGNORECASE | re.MULTILINE)
 
@@ -136,6 +137,49 @@ class GitRepo:
 
     def branch_commit(self, branch: str) -> str | None:
         return self.resolve(f"refs/heads/{branch}")
+
+    def tree_entries(self, commit: str, paths: Sequence[str]) -> dict[str, str]:
+        """The mode (``100644``, ``120000`` symlink, ``160000`` gitlink, ``040000`` folder...)
+        of each of ``paths`` that exists in ``commit``'s tree. Only these paths are listed, not
+        the whole tree; a path below a symlink or gitlink is not listed (ask for its folders).
+        """
+        found: dict[str, str] = {}
+        wanted = set(paths)
+        batch: list[str] = []
+        size = 0
+        for path in sorted(wanted):
+            batch.append(path)
+            size += len(path) + 1
+            if size > _ARGV_BUDGET:
+                found.update(self._ls_tree(commit, batch, wanted))
+                batch, size = [], 0
+        if batch:
+            found.update(self._ls_tree(commit, batch, wanted))
+        return found
+
+    def _ls_tree(self, commit: str, paths: list[str], wanted: set[str]) -> dict[str, str]:
+        # Literal pathspecs: a path holding "*" or "[" names that file, not a pattern.
+        out = git(["ls-tree", "-z", "--full-tree", commit, "--", *paths], cwd=self.git_dir,
+                  env={"GIT_LITERAL_PATHSPECS": "1"}).stdout
+        found = {}
+        for entry in out.split(b"\0"):
+            meta, tab, name = entry.partition(b"\t")
+            path = name.decode("utf-8", "surrogateescape")
+            if tab and path in wanted:
+                found[path] = meta.split(b" ", 1)[0].decode()
+        return found
+
+    def read_blob(self, commit: str, path: str, max_bytes: int) -> bytes | None:
+        """The content of the file ``path`` in ``commit``; None when it is not a file there.
+        ValueError when it is larger than ``max_bytes``."""
+        spec = f"{commit}:{path}"
+        proc = git(["cat-file", "-t", spec], cwd=self.git_dir, check=False)
+        if proc.returncode != 0 or proc.stdout.strip() != b"blob":
+            return None
+        size = int(_out(["cat-file", "-s", spec], cwd=self.git_dir))
+        if size > max_bytes:
+            raise ValueError(f"{path} is {size} bytes, over {max_bytes}")
+        return git(["cat-file", "blob", spec], cwd=self.git_dir).stdout
 
     def find_landed(self, request_id: str, tip: str, since: str | None) -> str | None:
         """The commit on ``tip``'s history (after ``since``) carrying this request's trailer."""

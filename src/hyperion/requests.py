@@ -66,6 +66,11 @@ class ChangeRequest(_Model):
         "Do not start before this time (ISO 8601 with a time zone)."))
     dry_run: bool = Field(False, description=(
         "Apply and run the checks, but never land: the request ends `verified`."))
+    signature: str | None = Field(None, min_length=1, max_length=16384,
+                                  pattern=r"^-----BEGIN SSH SIGNATURE-----", description=(
+        "An armored SSH signature (ssh-keygen -Y sign -n hyperion) over the request's "
+        "canonical JSON: the request object without `signature`, keys sorted, separators "
+        "',' and ':', no added whitespace, UTF-8 (`hyperion sign-payload FILE` prints it)."))
 
 
 class TaskRequest(_Model):
@@ -86,6 +91,11 @@ class TaskRequest(_Model):
     priority: int = Field(0, ge=-1000, le=1000)
     max_iterations: int = Field(3, ge=1, le=50)
     timeout_s: int = Field(1800, ge=1, le=7 * 24 * 3600)
+    signature: str | None = Field(None, min_length=1, max_length=16384,
+                                  pattern=r"^-----BEGIN SSH SIGNATURE-----", description=(
+        "An armored SSH signature (ssh-keygen -Y sign -n hyperion) over the request's "
+        "canonical JSON: the request object without `signature`, keys sorted, separators "
+        "',' and ':', no added whitespace, UTF-8 (`hyperion sign-payload FILE` prints it)."))
 
 
 class ApprovalRequest(_Model):

@@ -28,6 +28,7 @@ from hyperion.app import App
 from hyperion.apply import ApplyConflict, apply_patch, render_report
 from hyperion.batch import run_batch
 from hyperion.errors import Code, ErrorInfo
+from hyperion.gate.review import tree_refusal
 from hyperion.gitops import GitError, GitRepo
 from hyperion.intake.dependencies import settle_dependents
 from hyperion.intake.git_requests import landing_identity
@@ -312,6 +313,8 @@ class Worker:
                 worktree = stack.enter_context(pool.checkout(record.repo, repo, tip))
             assert request.patch is not None
             with timings.step("apply"):
+                if (refused := tree_refusal(self.app, record, repo, tip, request.patch)):
+                    raise Failed(refused.code, refused.message, refused.path)
                 try:
                     applied = apply_patch(
                         repo, worktree, request.patch, tip=tip, base_commit=base_commit,

@@ -6,18 +6,21 @@ configuration names. Evaluation is pure and names every rule that fired.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from fnmatch import fnmatchcase
+from operator import attrgetter
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from hyperion.errors import Code, GateError
+from hyperion.gate.globset import GlobSet
 from hyperion.gate.patch import FilePatch
-from hyperion.gate.paths import in_scope
 from hyperion.gate.secrets import Allowlist
 
 
@@ -59,6 +62,16 @@ class Rule(_Strict):
     reason: str = ""
 
 
+class Signatures(_Strict):
+    allowed_signers: str = Field(min_length=1, max_length=1024, description=(
+        "An ssh allowed_signers file (see ssh-keygen(1)): principals are agent names or "
+        "globs. Relative to the policy file's folder; for a policy read from the target "
+        "branch, a file of the repository at the same commit. Read when the policy loads."))
+    require_for: list[str] = Field(default_factory=list, description=(
+        "Agent name globs whose requests must carry a valid `signature`; a signature on any "
+        "other request is verified too."))
+
+
 class Policy(_Strict):
     version: Literal[1] = 1
     default: Action = Action.ALLOW
@@ -69,6 +82,21 @@ class Policy(_Strict):
         "Who may decide held requests with an approval file (name globs); none by default."))
     secrets: Allowlist = Field(default_factory=Allowlist, description=(
         "Findings of the secret scanner to let through: by fingerprint, path glob or regex."))
+    allow_submodules: bool = Field(False, description=(
+        "Whether a change may add, update or remove a gitlink (a submodule, mode 160000)."))
+    signatures: Signatures | None = Field(None, description=(
+        "Verify requests' SSH signatures against an allowed_signers file."))
+
+    _compiled: CompiledRules | None = PrivateAttr(default=None)
+    _allowed_signers: str | None = PrivateAttr(default=None)
+
+    def allowed_signers_text(self) -> str:
+        """The allowed_signers content read when the policy was loaded (or, for a policy built
+        in code, read now from its path)."""
+        if self._allowed_signers is not None:
+            return self._allowed_signers
+        assert self.signatures is not None
+        return Path(self.signatures.allowed_signers).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -85,38 +113,141 @@ def load_policy(path: Path | None) -> Policy:
     if path is None:
         return Policy()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the policy: {exc}") from None
+
+    def read_signers(name: str) -> str:
+        signers = path.parent / Path(name).expanduser()
+        try:
+            return signers.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: signatures.allowed_signers: cannot read {signers}: "
+                             f"{exc}") from None
+
+    return parse_policy(text, str(path), read_signers)
+
+
+def parse_policy(text: str, origin: str, read_signers: Callable[[str], str]) -> Policy:
+    """Validate policy YAML; ``read_signers`` gives the allowed_signers content it names.
+    ValueError names ``origin``, the key and the problem."""
     try:
-        return Policy.model_validate(data if data is not None else {})
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{origin}: not valid YAML: {' '.join(str(exc).split())}") from None
+    try:
+        policy = Policy.model_validate(data if data is not None else {})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ValueError(f"{path}: {where}: {first['msg']}") from None
+        raise ValueError(f"{origin}: {where}: {first['msg']}") from None
+    if policy.signatures is not None:
+        policy._allowed_signers = read_signers(policy.signatures.allowed_signers)
+    return policy
 
 
-def _selects(m: Match, f: FilePatch) -> bool:
-    """Whether one touched file counts for a rule (per-file conditions)."""
-    if m.paths_not and in_scope(f.path, m.paths_not):
-        return False
-    if m.paths and not (in_scope(f.path, m.paths) or
-                        (f.old_path is not None and in_scope(f.old_path, m.paths))):
-        return False
-    return not m.operations or f.operation.value in m.operations
+class CompiledRules:
+    """A policy's rules prepared for evaluation: every glob of every rule in one
+    :class:`GlobSet`, so a patch of thousands of files costs a few lookups per file rather than
+    one glob match per file and rule."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        patterns: dict[str, int] = {}
+        for rule in rules:
+            for pattern in (*rule.match.paths, *rule.match.paths_not):
+                patterns.setdefault(pattern, len(patterns))
+        self.globs = GlobSet(list(patterns))
+        self.selects: list[tuple[int, ...]] = [() for _ in patterns]   # pattern -> rules
+        self.excludes: list[tuple[int, ...]] = [() for _ in patterns]
+        for index, rule in enumerate(rules):
+            for pattern in set(rule.match.paths):
+                self.selects[patterns[pattern]] += (index,)
+            for pattern in set(rule.match.paths_not):
+                self.excludes[patterns[pattern]] += (index,)
+        self.operations = [frozenset(r.match.operations) for r in rules]
+
+    def fired(self, agent: str, files: list[FilePatch]) -> list[Rule]:
+        """The rules whose every condition holds for this agent and these files, in order."""
+        new_hits = self.globs.match_all(list(map(attrgetter("path"), files)))
+        sources = list(map(attrgetter("old_path"), files))
+        old_hits: dict[int, list[int]] = {}
+        if sources.count(None) != len(sources):
+            renamed = [i for i, source in enumerate(sources) if source is not None]
+            found = self.globs.match_all([files[i].old_path or "" for i in renamed])
+            old_hits = {p: [renamed[j] for j in hits] for p, hits in found.items()}
+        excluded: dict[int, set[int]] = {}        # rule -> files its paths_not set aside
+        selected: dict[int, set[int]] = {}        # rule -> files its paths select
+        for p, hits in new_hits.items():
+            for r in self.excludes[p]:
+                excluded.setdefault(r, set()).update(hits)
+            for r in self.selects[p]:
+                selected.setdefault(r, set()).update(hits)
+        for p, hits in old_hits.items():
+            for r in self.selects[p]:
+                selected.setdefault(r, set()).update(hits)
+        totals = _Totals(files)
+        fired = []
+        for r, rule in enumerate(self.rules):
+            m = rule.match
+            if m.agents and not any(fnmatchcase(agent, pattern) for pattern in m.agents):
+                continue
+            ops = self.operations[r]
+            if not m.paths and r not in excluded:
+                # Every file counts: totals computed once (and only if a rule needs them).
+                count = totals.files(ops)
+                lines = totals.lines(ops) if m.min_lines is not None else 0
+            else:
+                chosen: Iterable[int] = selected.get(r, ()) if m.paths else range(len(files))
+                if r in excluded:
+                    chosen = set(chosen) - excluded[r]
+                if ops:
+                    chosen = [i for i in chosen if files[i].operation in ops]
+                chosen = list(chosen)
+                count = len(chosen)
+                lines = (sum(files[i].added_lines + files[i].removed_lines for i in chosen)
+                         if m.min_lines is not None else 0)
+            if (m.paths or m.operations) and not count:
+                continue
+            if m.min_files is not None and count < m.min_files:
+                continue
+            if m.min_lines is not None and lines < m.min_lines:
+                continue
+            fired.append(rule)
+        return fired
 
 
-def _rule_fires(rule: Rule, agent: str, files: list[FilePatch]) -> bool:
-    m = rule.match
-    if m.agents and not any(fnmatchcase(agent, pattern) for pattern in m.agents):
-        return False
-    selected = [f for f in files if _selects(m, f)]
-    if (m.paths or m.operations) and not selected:
-        return False
-    if m.min_files is not None and len(selected) < m.min_files:
-        return False
-    lines = sum(f.added_lines + f.removed_lines for f in selected)
-    return m.min_lines is None or lines >= m.min_lines
+class _Totals:
+    """Counts over all files of a patch, per operation, computed on first use."""
+
+    def __init__(self, files: list[FilePatch]) -> None:
+        self._files = files
+        self._counts: Counter[str] | None = None
+        self._lines: dict[frozenset[str], int] = {}
+
+    def files(self, ops: frozenset[str]) -> int:
+        if not ops:
+            return len(self._files)
+        if self._counts is None:
+            # Operation is a StrEnum: equal to, and hashed like, its value.
+            self._counts = Counter(map(attrgetter("operation"), self._files))
+        return sum(self._counts[op] for op in ops)
+
+    def lines(self, ops: frozenset[str]) -> int:
+        if ops not in self._lines:
+            files = self._files if not ops else [f for f in self._files if f.operation in ops]
+            self._lines[ops] = (sum(map(attrgetter("added_lines"), files))
+                                + sum(map(attrgetter("removed_lines"), files)))
+        return self._lines[ops]
+
+
+def compiled(policy: Policy) -> CompiledRules:
+    """The policy's rules compiled once and kept with it (rebuilt if its rules are replaced)."""
+    cached = policy._compiled
+    if cached is None or cached.rules is not policy.rules:
+        cached = CompiledRules(policy.rules)
+        policy._compiled = cached
+    return cached
 
 
 def check_limits(policy: Policy, patch_bytes: int, files: list[FilePatch]) -> None:
@@ -150,8 +281,14 @@ def check_approver(policy: Policy, actor: str) -> None:
                         "`hyperion approve`", path="by")
 
 
+def fired_rules(policy: Policy, agent: str, files: list[FilePatch]) -> list[str]:
+    """Every rule whose conditions hold, whatever its action (the decision keeps only the most
+    severe of them)."""
+    return [r.name for r in compiled(policy).fired(agent, files)]
+
+
 def decide(policy: Policy, agent: str, files: list[FilePatch]) -> Decision:
-    fired = [r for r in policy.rules if _rule_fires(r, agent, files)]
+    fired = compiled(policy).fired(agent, files)
     if not fired:
         return Decision(policy.default, (), f"no rule matched; the default is "
                         f"{policy.default.value}")

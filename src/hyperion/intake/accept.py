@@ -16,7 +16,8 @@ from typing import Any
 from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo, GateError
 from hyperion.gate.policy import Action, check_approver
-from hyperion.gate.verdict import judge, repo_name
+from hyperion.gate.review import policy_for_record, review
+from hyperion.gate.verdict import repo_name
 from hyperion.intake.dependencies import (
     blockers,
     creates_cycle,
@@ -80,7 +81,7 @@ def accept(app: App, data: bytes, source: Source, *, by: str = "intake") -> Outc
         return reject(app, data, source, None, obj, info, by)
 
     try:
-        verdict = judge(request, app.config, app.policy)
+        verdict = review(app.config, app.policy, request, obj)
         repo = repo_name(request, app.config)
     except GateError as exc:
         return reject(app, data, source, request.id, obj, exc.info, by)
@@ -141,7 +142,8 @@ def _approval_file(app: App, data: bytes, source: Source, approval: ApprovalRequ
     if target is not None and any(marker in h.by for h in target.history):
         return Outcome(target.id, target.state, target.error, repeated=True)
     try:
-        check_approver(app.policy, approval.by)
+        check_approver(policy_for_record(app.config, app.policy, target) if target is not None
+                       else app.policy, approval.by)
         if target is None:
             raise GateError(Code.POLICY_DENIED, f"there is no request {approval.request!r} to "
                             "decide on", path="request")

@@ -7,10 +7,13 @@ the record's history and the audit log.
 
 from __future__ import annotations
 
+from typing import Any
+
 from hyperion.app import App
 from hyperion.errors import GateError
 from hyperion.gate.policy import Action
-from hyperion.gate.verdict import judge, repo_name
+from hyperion.gate.review import review
+from hyperion.gate.verdict import repo_name
 from hyperion.intake.accept import request_fields
 from hyperion.intake.dependencies import (
     blockers,
@@ -19,13 +22,21 @@ from hyperion.intake.dependencies import (
     wait_on,
 )
 from hyperion.records import Record, State
-from hyperion.requests import ChangeRequest
+from hyperion.requests import ChangeRequest, load_json
 
 REQUEUEABLE = (State.FAILED, State.REJECTED)
 
 
 class CannotRequeue(Exception):
     pass
+
+
+def _original_object(app: App, record_id: str) -> dict[str, Any]:
+    """The JSON object of the record's original request (what its signature covers)."""
+    data = app.records.original_path(record_id).read_bytes()
+    limits = app.config.limits
+    obj = load_json(data, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth)
+    return obj if isinstance(obj, dict) else {}
 
 
 def requeue(app: App, record_id: str, *, by: str, reason: str) -> Record:
@@ -41,7 +52,7 @@ def requeue(app: App, record_id: str, *, by: str, reason: str) -> Record:
         if request.id != record_id:
             raise CannotRequeue(f"{record_id} holds a request with id {request.id!r}, which "
                                 "belongs to another record; resubmit it with a new id")
-        verdict = judge(request, app.config, app.policy)
+        verdict = review(app.config, app.policy, request, _original_object(app, record_id))
         fields = request_fields(request, repo_name(request, app.config), app)
     except GateError as exc:
         refused = app.records.transition(record_id, State.REJECTED, by=by, error=exc.info,

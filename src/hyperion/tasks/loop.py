@@ -36,7 +36,9 @@ from hyperion.errors import Code, ErrorInfo, GateError
 from hyperion.fsutil import write_atomic
 from hyperion.gate.patch import FilePatch, Operation, parse_patch
 from hyperion.gate.policy import Action
+from hyperion.gate.review import policy_at
 from hyperion.gate.secrets import redact
+from hyperion.gate.tree import check_against_tree
 from hyperion.gate.verdict import judge
 from hyperion.gitops import GitError, GitRepo, author_identity, commit_message
 from hyperion.metrics import METRICS
@@ -333,7 +335,13 @@ class TaskLoop:
         try:
             files = parse_patch(patch)
             request = self._change(patch, files, number)
-            verdict = judge(request, self.app.config, self.app.policy)
+            # The same gate as a change: the target tip's policy when the repo names one,
+            # and the harness's links and submodules against the tree they land on.
+            assert self.record.repo is not None and self.record.target is not None
+            policy = policy_at(self.app.config, self.app.policy, self.record.repo, repo, tip,
+                               self.record.target)
+            verdict = judge(request, self.app.config, policy)
+            check_against_tree(repo, tip, files, allow_submodules=policy.allow_submodules)
         except GateError as exc:
             self._refused(entry, exc.info, started, tip, commit, patch)
         digest = hashlib.sha256(patch.encode(errors="surrogateescape")).hexdigest()
