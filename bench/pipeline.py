@@ -60,6 +60,38 @@ from hyperion.records import RecordStore, State  # noqa: E402
 IDENTITY = {"GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
             "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid"}
 FILES_PER_DIR = 100
+#: ``hyperion`` with each worker thread's drain (daemon._drain) under cProfile; argv[1] is
+#: where the stats go. The main thread (start-up, recovery, intake) is not profiled: the idle
+#: ``run --once`` measures that.
+PROFILED_CLI = """\
+import cProfile, json, sys, time
+from hyperion import daemon, gitops
+from hyperion.cli import main
+out = sys.argv.pop(1)
+drain, git, calls = daemon._drain, gitops.git, {}
+def counted(args, **kwargs):
+    started = time.perf_counter()
+    try:
+        return git(args, **kwargs)
+    finally:
+        entry = calls.setdefault(args[0], [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.perf_counter() - started
+gitops.git = counted
+def profiled(worker):
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        drain(worker)
+    finally:
+        profile.disable()
+        profile.dump_stats(out)
+        with open(out + ".git.json", "w") as f:
+            json.dump(calls, f)
+daemon._drain = profiled
+sys.argv[0] = "hyperion"
+sys.exit(main())
+"""
 CHECKS = {"true": ["/bin/true"], "python": [sys.executable, "-c", "pass"]}
 
 
@@ -216,7 +248,7 @@ class PipelineRound:
 
     # -- hyperion
     def _hyperion(self, *args: str, profile: Path | None = None) -> tuple[float, str]:
-        prefix = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "hyperion"] \
+        prefix = [sys.executable, "-c", PROFILED_CLI, str(profile)] \
             if profile else [sys.executable, "-m", "hyperion"]
         started = time.perf_counter()
         proc = subprocess.run([*prefix, "--config", str(self.config), *args], cwd=self.root,
@@ -377,17 +409,16 @@ def run_pipeline(root: Path, git: PlainGit, args: argparse.Namespace) -> dict[st
 
 
 def profile_round(root: Path, git: PlainGit, args: argparse.Namespace) -> dict[str, Any]:
-    """An extra round, not counted above: the drain under cProfile."""
+    """An extra round, not counted above: the worker's drain under cProfile."""
     folder = root / "pipeline-profile"
     folder.mkdir()
     rnd = PipelineRound(folder, git, args, 99)
     stats_path = folder / "run-once.prof"
-    log("profile round: hyperion run --once under cProfile")
+    log("profile round: the drain of hyperion run --once under cProfile")
     result = rnd.run_hyperion(profile=stats_path)
     stats = pstats.Stats(str(stats_path))
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    git_calls = sum(v[1] for k, v in raw.items()
-                    if k[2] == "git" and k[0].endswith("hyperion/gitops.py"))
+    git_calls = json.loads(Path(f"{stats_path}.git.json").read_text())
     popen_calls = sum(v[1] for k, v in raw.items()
                       if k[2] == "_execute_child" and k[0].endswith("subprocess.py"))
     by_caller: dict[str, float] = {}
@@ -398,7 +429,13 @@ def profile_round(root: Path, git: PlainGit, args: argparse.Namespace) -> dict[s
     buffer = io.StringIO()
     pstats.Stats(str(stats_path), stream=buffer).sort_stats("tottime").print_stats(12)
     return {"ms_per_change_profiled": result["ms_per_change"],
-            "git_calls_per_change": round(git_calls / args.n, 2),
+            "git_calls_per_change": round(sum(c for c, _ in git_calls.values()) / args.n, 2),
+            "git_ms_per_change": round(sum(t for _, t in git_calls.values()) * 1000 / args.n,
+                                       2),
+            "git_by_subcommand": {name: {"calls_per_change": round(c / args.n, 2),
+                                         "ms_per_change": round(t * 1000 / args.n, 2)}
+                                  for name, (c, t) in sorted(git_calls.items(),
+                                                             key=lambda kv: -kv[1][1])},
             "child_processes_per_change": round(popen_calls / args.n, 2),
             "hyperion_cumulative_s_top": {k: round(v, 3) for k, v in top},
             "tottime_top": [line for line in buffer.getvalue().splitlines()
