@@ -172,11 +172,18 @@ class GitRepo:
             proc = git(args, cwd=path, check=False)
             if proc.returncode != 0:
                 return f"git {args[0]} failed: {proc.stderr.decode(errors='replace')[:200]}"
-        if self.checkout_head(path) != commit:
+        # One status answers both questions: where HEAD is (the `# branch.oid` header) and
+        # whether anything is left (any line that is not a `# ` header).
+        status = git(["status", "--porcelain=v2", "--branch", "-z", "--ignored",
+                      "--untracked-files=all"], cwd=path, check=False)
+        if status.returncode != 0:
+            return f"git status failed: {status.stderr.decode(errors='replace')[:200]}"
+        entries = [e for e in status.stdout.split(b"\0") if e]
+        head = next((e.removeprefix(b"# branch.oid ").decode(errors="replace")
+                     for e in entries if e.startswith(b"# branch.oid ")), None)
+        if head != commit:
             return "HEAD is not the wanted commit after checkout"
-        status = git(["status", "--porcelain=v1", "-z", "--ignored", "--untracked-files=all"],
-                     cwd=path, check=False)
-        if status.returncode != 0 or status.stdout:
+        if any(not e.startswith(b"# ") for e in entries):
             return "files remain modified or untracked after the reset"
         return None
 
@@ -204,16 +211,13 @@ class GitRepo:
 
     # -- applying and committing (in a worktree)
     @staticmethod
-    def apply_check(worktree: Path, patch: str) -> str | None:
-        """None when the patch applies to the worktree's index and files; else git's reason."""
-        proc = git(["apply", "--check", "--index", "--whitespace=nowarn", "-"], cwd=worktree,
+    def apply(worktree: Path, patch: str) -> str | None:
+        """Apply the patch to the worktree's index and files: None when it applied, else git's
+        reason, with nothing changed (without --reject git checks every hunk of every file
+        before it writes anything, so there is no need for a separate --check run)."""
+        proc = git(["apply", "--index", "--whitespace=nowarn", "-"], cwd=worktree,
                    input=patch.encode(), check=False)
         return None if proc.returncode == 0 else proc.stderr.decode(errors="replace").strip()
-
-    @staticmethod
-    def apply(worktree: Path, patch: str) -> None:
-        # --index is atomic across files: all of the patch applies, or none of it.
-        git(["apply", "--index", "--whitespace=nowarn", "-"], cwd=worktree, input=patch.encode())
 
     @staticmethod
     def commit(worktree: Path, parent: str, message: str, author: tuple[str, str]) -> str:
@@ -334,16 +338,37 @@ class GitRepo:
         return PushRefusal(stale=stale, detail=detail.strip())
 
     @staticmethod
-    def checkout_dirty(top: Path) -> str | None:
-        """Why the working tree cannot be updated in place, or None when it is clean."""
+    def checkout_status(top: Path) -> tuple[str | None, str | None]:
+        """(the commit HEAD is at, why the working tree cannot be updated in place or None
+        when its tracked files are clean), with one ``git status`` after a refresh.
+
+        The refresh is written to the index (git status here does not write it): read-tree -m
+        later trusts the index's stat data, and a file touched but not changed would
+        otherwise look modified to it."""
         git(["update-index", "-q", "--refresh"], cwd=top, check=False)
-        if git(["diff-files", "--quiet", "--ignore-submodules"], cwd=top,
-               check=False).returncode != 0:
-            return "it has uncommitted changes"
-        if git(["diff-index", "--cached", "--quiet", "--ignore-submodules", "HEAD", "--"],
-               cwd=top, check=False).returncode != 0:
-            return "it has staged changes"
-        return None
+        proc = git(["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=no",
+                    "--ignore-submodules=all"], cwd=top, check=False)
+        if proc.returncode != 0:
+            return None, ("git status failed there "
+                          f"({proc.stderr.decode(errors='replace').strip()[:200]})")
+        head: str | None = None
+        staged = unstaged = False
+        fields = iter(proc.stdout.split(b"\0"))
+        for entry in fields:
+            if entry.startswith(b"# branch.oid "):
+                head = entry.removeprefix(b"# branch.oid ").decode(errors="replace")
+            elif entry[:2] in (b"1 ", b"2 "):
+                staged = staged or entry[2:3] != b"."
+                unstaged = unstaged or entry[3:4] != b"."
+                if entry[:1] == b"2":
+                    next(fields, None)          # a rename's original path follows
+            elif entry[:2] == b"u ":
+                unstaged = True
+        if unstaged:
+            return head, "it has uncommitted changes"
+        if staged:
+            return head, "it has staged changes"
+        return head, None
 
     @staticmethod
     def checkout_head(top: Path) -> str | None:

@@ -101,11 +101,11 @@ class RefLander:
                 return
             # The target is checked out: behave like receive.denyCurrentBranch=updateInstead.
             top = checkout.toplevel
-            dirty = repo.checkout_dirty(top)
+            head, dirty = repo.checkout_status(top)
             if dirty is not None:
                 raise Failed(Code.LAND_CONFLICT, f"{target} is checked out in {top} and {dirty}; "
                              "hyperion left it alone. Commit or stash them, then resubmit")
-            if repo.checkout_head(top) != tip:
+            if head != tip:
                 raise _moved(target)
             # Written before the checkout moves, removed once the ref agrees: a crash between
             # the two is finished or undone by recover_checkout().
