@@ -49,6 +49,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from datetime import datetime  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -193,39 +194,64 @@ def mount_of(path: Path) -> tuple[str, str] | None:
 
 
 # ---------------------------------------------------------------------- part 1: pipeline
+@dataclass
+class Instance:
+    """One hyperion setup of a round: its own repository clone, inbox, state and config.
+    ``src``: run hyperion from this source folder instead of the installed one."""
+
+    name: str
+    folder: Path
+    repo: Path
+    config: Path
+    src: Path | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.src is not None:
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(self.src), *filter(None, [env.get("PYTHONPATH")])])
+        return env
+
+
 class PipelineRound:
-    """One round: an identical pair of repositories, the same ``n`` patches on both."""
+    """One round: identical repositories, the same ``n`` patches on each."""
 
     def __init__(self, root: Path, git: PlainGit, args: argparse.Namespace, index: int) -> None:
         self.root, self.git, self.args, self.index = root, git, args, index
         self.n = args.n
         self.check = CHECKS[args.check]
         files = max(args.files, args.n)
-        template = make_repo(git, root / "template", files)
-        self.plain = root / "plain"
-        git.run(root, "clone", "-q", "--no-hardlinks", str(template), str(self.plain))
-        self.plain_check = root / "plain-check"
-        git.run(root, "clone", "-q", "--no-hardlinks", str(template), str(self.plain_check))
-        self.hyperion_repo = root / ("hyperion.git" if args.layout == "bare" else "hyperion")
-        clone = ["clone", "-q", "--no-hardlinks"] + (["--bare"] if args.layout == "bare" else [])
-        git.run(root, *clone, str(template), str(self.hyperion_repo))
-        for repo in (self.plain, self.plain_check, self.hyperion_repo):
-            git.run(repo, "remote", "remove", "origin")
+        self.template = make_repo(git, root / "template", files)
+        self.plain = self._clone(root / "plain")
+        self.plain_check = self._clone(root / "plain-check")
         self.tag = f"round {index}"
         self.patches = [patch_for(i, self.tag) for i in range(self.n)]
-        self.config = self._write_config()
+        self.instances = {"hyperion": self._instance("hyperion", None)}
+        if args.compare_src is not None:
+            self.instances["hyperion_compare"] = self._instance("hyperion_compare",
+                                                                args.compare_src)
         self.plain_done = False
 
-    def _write_config(self) -> Path:
-        (self.root / "inbox").mkdir()
-        config = self.root / "hyperion.yaml"
+    def _clone(self, path: Path, bare: bool = False) -> Path:
+        self.git.run(self.root, "clone", "-q", "--no-hardlinks", *(["--bare"] if bare else []),
+                     str(self.template), str(path))
+        self.git.run(path, "remote", "remove", "origin")
+        return path
+
+    def _instance(self, name: str, src: Path | None) -> Instance:
+        folder = self.root / name
+        folder.mkdir()
+        bare = self.args.layout == "bare"
+        repo = self._clone(folder / ("repo.git" if bare else "repo"), bare=bare)
+        (folder / "inbox").mkdir()
+        config = folder / "hyperion.yaml"
         config.write_text(
             "state_dir: state\ninbox: inbox\nworkers: 1\n"
-            f"repos:\n  demo:\n    path: {json.dumps(str(self.hyperion_repo))}\n"
+            f"repos:\n  demo:\n    path: {json.dumps(str(repo))}\n"
             "    target: main\n"
             f"checks:\n  noop:\n    run: {json.dumps(self.check)}\n    timeout_s: 60\n"
             "notify:\n  urls: []\n")
-        return config
+        return Instance(name, folder, repo, config, src)
 
     # -- plain git
     def run_plain(self, repo: Path, with_check: bool) -> dict[str, Any]:
@@ -247,20 +273,23 @@ class PipelineRound:
                 "per_change": summary(per_change)}
 
     # -- hyperion
-    def _hyperion(self, *args: str, profile: Path | None = None) -> tuple[float, str]:
+    @staticmethod
+    def _hyperion(inst: Instance, *args: str,
+                  profile: Path | None = None) -> tuple[float, str]:
         prefix = [sys.executable, "-c", PROFILED_CLI, str(profile)] \
             if profile else [sys.executable, "-m", "hyperion"]
         started = time.perf_counter()
-        proc = subprocess.run([*prefix, "--config", str(self.config), *args], cwd=self.root,
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        proc = subprocess.run([*prefix, "--config", str(inst.config), *args], cwd=inst.folder,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              env=inst.env())
         wall = time.perf_counter() - started
         if proc.returncode != 0:
-            raise RuntimeError(f"hyperion {' '.join(args)} exited {proc.returncode}: "
+            raise RuntimeError(f"{inst.name} {' '.join(args)} exited {proc.returncode}: "
                                f"{proc.stderr[-2000:]}")
         return wall, proc.stdout
 
-    def _requests(self) -> list[Path]:
-        folder = self.root / "requests"
+    def _requests(self, inst: Instance) -> list[Path]:
+        folder = inst.folder / "requests"
         folder.mkdir()
         paths = []
         for i, (patch, sha) in enumerate(self.patches):
@@ -274,11 +303,11 @@ class PipelineRound:
             paths.append(path)
         return paths
 
-    def run_hyperion(self, profile: Path | None = None) -> dict[str, Any]:
-        files = self._requests()
+    def run_hyperion(self, inst: Instance, profile: Path | None = None) -> dict[str, Any]:
+        files = self._requests(inst)
         result: dict[str, Any] = {}
         if self.args.intake == "submit":
-            submit_s, out = self._hyperion("submit", "--format", "json",
+            submit_s, out = self._hyperion(inst, "submit", "--format", "json",
                                            *map(str, files))
             states = {r["state"] for r in json.loads(out)}
             if states != {"queued"}:
@@ -287,26 +316,26 @@ class PipelineRound:
         else:
             started = time.perf_counter()
             for path in files:
-                os.rename(path, self.root / "inbox" / path.name)
+                os.rename(path, inst.folder / "inbox" / path.name)
             result["drop_wall_s"] = round(time.perf_counter() - started, 3)
             submit_s = 0.0
         run_started = time.time()
-        run_s, _ = self._hyperion("run", "--once", "--workers", "1", profile=profile)
-        idle_s, _ = self._hyperion("run", "--once", "--workers", "1")
+        run_s, _ = self._hyperion(inst, "run", "--once", "--workers", "1", profile=profile)
+        idle_s, _ = self._hyperion(inst, "run", "--once", "--workers", "1")
         result.update({"run_once_wall_s": round(run_s, 3),
                        "run_once_idle_s": round(idle_s, 3)})
         total = submit_s + run_s
         result["ms_per_change"] = round(total * 1000 / self.n, 2)
         result["ms_per_change_without_process_start"] = round(
             (total - idle_s - (idle_s if submit_s else 0.0)) * 1000 / self.n, 2)
-        result["breakdown_ms_per_change"] = self._breakdown(run_started, run_s, idle_s,
+        result["breakdown_ms_per_change"] = self._breakdown(inst, run_started, run_s, idle_s,
                                                             submit_s)
-        self._verify()
+        self._verify(inst)
         return result
 
-    def _breakdown(self, run_started: float, run_s: float, idle_s: float,
+    def _breakdown(self, inst: Instance, run_started: float, run_s: float, idle_s: float,
                    submit_s: float) -> dict[str, Any]:
-        records = [r for r in RecordStore(self.root / "state").all()]
+        records = RecordStore(inst.folder / "state").all()
         landed = [r for r in records if r.state is State.LANDED]
         if len(landed) != self.n:
             bad = [(r.id, r.state.value, r.error.message if r.error else None)
@@ -347,13 +376,13 @@ class PipelineRound:
             "note": "history timestamps have 1 ms resolution",
         }
 
-    def _verify(self) -> None:
-        count = int(self.git.out(self.hyperion_repo, "rev-list", "--count", "main"))
+    def _verify(self, inst: Instance) -> None:
+        count = int(self.git.out(inst.repo, "rev-list", "--count", "main"))
         if count != self.n + 1:
             raise RuntimeError(f"hyperion's main has {count - 1} new commits, not {self.n}")
         if not self.plain_done:
             return
-        ours = self.git.out(self.hyperion_repo, "rev-parse", "main^{tree}")
+        ours = self.git.out(inst.repo, "rev-parse", "main^{tree}")
         plain = self.git.out(self.plain, "rev-parse", "main^{tree}")
         if ours != plain:
             raise RuntimeError("hyperion's main and plain git's main have different trees")
@@ -365,7 +394,8 @@ def run_pipeline(root: Path, git: PlainGit, args: argparse.Namespace) -> dict[st
         folder = root / f"pipeline-{index}"
         folder.mkdir()
         rnd = PipelineRound(folder, git, args, index)
-        order = ["plain", "hyperion"] if index % 2 == 0 else ["hyperion", "plain"]
+        names = ["plain", *rnd.instances]
+        order = names[index % len(names):] + names[:index % len(names)]
         result: dict[str, Any] = {"order": order}
         for which in order:
             log(f"round {index + 1}/{args.rounds}: {which}, {args.n} changes")
@@ -374,53 +404,72 @@ def run_pipeline(root: Path, git: PlainGit, args: argparse.Namespace) -> dict[st
                 result["plain_git_with_check"] = rnd.run_plain(rnd.plain_check,
                                                                with_check=True)
             else:
-                result["hyperion"] = rnd.run_hyperion()
-        plain_ms = result["plain_git"]["ms_per_change"]
-        result["ratio"] = round(result["hyperion"]["ms_per_change"] / plain_ms, 2)
-        result["ratio_vs_plain_with_check"] = round(
-            result["hyperion"]["ms_per_change"]
-            / result["plain_git_with_check"]["ms_per_change"], 2)
+                result[which] = rnd.run_hyperion(rnd.instances[which])
+        for name in rnd.instances:
+            suffix = name.removeprefix("hyperion")
+            result["ratio" + suffix] = round(
+                result[name]["ms_per_change"] / result["plain_git"]["ms_per_change"], 2)
+            result["ratio_vs_plain_with_check" + suffix] = round(
+                result[name]["ms_per_change"]
+                / result["plain_git_with_check"]["ms_per_change"], 2)
         rounds.append(result)
     out: dict[str, Any] = {
         "n": args.n, "rounds": args.rounds, "intake": args.intake, "layout": args.layout,
         "check": CHECKS[args.check], "repo_files": max(args.files, args.n),
+        "compare_src": str(args.compare_src) if args.compare_src else None,
         "per_round": rounds,
     }
 
     def med(get: Callable[[dict[str, Any]], float]) -> float:
         return round(statistics.median(get(r) for r in rounds), 2)
 
-    out["summary"] = {
+    summary_: dict[str, Any] = {
         "plain_git_ms_per_change": med(lambda r: r["plain_git"]["ms_per_change"]),
         "plain_git_with_check_ms_per_change":
             med(lambda r: r["plain_git_with_check"]["ms_per_change"]),
-        "hyperion_ms_per_change": med(lambda r: r["hyperion"]["ms_per_change"]),
-        "hyperion_ms_per_change_without_process_start":
-            med(lambda r: r["hyperion"]["ms_per_change_without_process_start"]),
-        "ratio": med(lambda r: r["ratio"]),
-        "ratio_vs_plain_with_check": med(lambda r: r["ratio_vs_plain_with_check"]),
-        "goals": {"ratio_at_most_3": med(lambda r: r["ratio"]) <= 3.0,
-                  "ratio_at_most_1_5": med(lambda r: r["ratio"]) <= 1.5},
-        "note": "medians over the rounds",
     }
+    names = ["hyperion"] + (["hyperion_compare"] if args.compare_src else [])
+    for name in names:
+        suffix = name.removeprefix("hyperion")
+        summary_.update({
+            f"{name}_ms_per_change": med(lambda r, n=name: r[n]["ms_per_change"]),
+            f"{name}_ms_per_change_without_process_start":
+                med(lambda r, n=name: r[n]["ms_per_change_without_process_start"]),
+            f"{name}_worker_in_process_ms_per_change":
+                med(lambda r, n=name: r[n]["breakdown_ms_per_change"]["worker_in_process"]),
+            "ratio" + suffix: med(lambda r, k="ratio" + suffix: r[k]),
+            "ratio_vs_plain_with_check" + suffix:
+                med(lambda r, k="ratio_vs_plain_with_check" + suffix: r[k]),
+        })
+    summary_["goals"] = {"ratio_at_most_3": summary_["ratio"] <= 3.0,
+                         "ratio_at_most_1_5": summary_["ratio"] <= 1.5}
+    summary_["note"] = "medians over the rounds"
+    out["summary"] = summary_
     if args.profile:
         out["profile"] = profile_round(root, git, args)
     return out
 
 
 def profile_round(root: Path, git: PlainGit, args: argparse.Namespace) -> dict[str, Any]:
-    """An extra round, not counted above: the worker's drain under cProfile."""
+    """An extra round, not counted above: the worker's drain under cProfile, per instance."""
     folder = root / "pipeline-profile"
     folder.mkdir()
     rnd = PipelineRound(folder, git, args, 99)
-    stats_path = folder / "run-once.prof"
-    log("profile round: the drain of hyperion run --once under cProfile")
-    result = rnd.run_hyperion(profile=stats_path)
+    return {name: profile_instance(rnd, inst) for name, inst in rnd.instances.items()}
+
+
+def profile_instance(rnd: PipelineRound, inst: Instance) -> dict[str, Any]:
+    stats_path = inst.folder / "run-once.prof"
+    log(f"profile round: the drain of {inst.name}'s run --once under cProfile")
+    result = rnd.run_hyperion(inst, profile=stats_path)
+    n = rnd.n
     stats = pstats.Stats(str(stats_path))
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
     git_calls = json.loads(Path(f"{stats_path}.git.json").read_text())
     popen_calls = sum(v[1] for k, v in raw.items()
                       if k[2] == "_execute_child" and k[0].endswith("subprocess.py"))
+    fsyncs = sum(v[1] for k, v in raw.items() if k[2] in ("<built-in method posix.fsync>",
+                                                          "<built-in method posix.fdatasync>"))
     by_caller: dict[str, float] = {}
     for (filename, line, name), (_cc, _nc, _tt, ct, _callers) in raw.items():
         if "/hyperion/" in filename:
@@ -429,14 +478,14 @@ def profile_round(root: Path, git: PlainGit, args: argparse.Namespace) -> dict[s
     buffer = io.StringIO()
     pstats.Stats(str(stats_path), stream=buffer).sort_stats("tottime").print_stats(12)
     return {"ms_per_change_profiled": result["ms_per_change"],
-            "git_calls_per_change": round(sum(c for c, _ in git_calls.values()) / args.n, 2),
-            "git_ms_per_change": round(sum(t for _, t in git_calls.values()) * 1000 / args.n,
-                                       2),
-            "git_by_subcommand": {name: {"calls_per_change": round(c / args.n, 2),
-                                         "ms_per_change": round(t * 1000 / args.n, 2)}
+            "git_calls_per_change": round(sum(c for c, _ in git_calls.values()) / n, 2),
+            "git_ms_per_change": round(sum(t for _, t in git_calls.values()) * 1000 / n, 2),
+            "git_by_subcommand": {name: {"calls_per_change": round(c / n, 2),
+                                         "ms_per_change": round(t * 1000 / n, 2)}
                                   for name, (c, t) in sorted(git_calls.items(),
                                                              key=lambda kv: -kv[1][1])},
-            "child_processes_per_change": round(popen_calls / args.n, 2),
+            "child_processes_per_change": round(popen_calls / n, 2),
+            "fsyncs_per_change": round(fsyncs / n, 2),
             "hyperion_cumulative_s_top": {k: round(v, 3) for k, v in top},
             "tottime_top": [line for line in buffer.getvalue().splitlines()
                             if line.strip()][-14:]}
@@ -574,6 +623,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layout", choices=("checkout", "bare"), default="checkout",
                         help="hyperion's repository: main checked out (its working tree "
                              "moves on land, like the plain loop's) or bare (default checkout)")
+    parser.add_argument("--compare-src", type=Path, default=None,
+                        help="also run hyperion from this source folder (e.g. an older "
+                             "version's src/) in every round, for a before/after")
     parser.add_argument("--profile", action="store_true",
                         help="one extra round with run --once under cProfile")
     parser.add_argument("--sizes", default="1000,20000", help="sweep sizes in files")
