@@ -77,3 +77,29 @@ def test_worktree_reset_checks_head_and_leftovers(tmp_path: Path) -> None:
     assert (slot / "b.txt").read_text() == "beta\n"
     assert not (slot / "junk").exists()
     assert git(slot, "rev-parse", "HEAD").strip() == second
+
+
+def test_worktree_reset_refuses_a_slot_whose_index_hides_a_changed_file(tmp_path: Path) -> None:
+    # skip-worktree survives `git checkout --force` and git status does not show the file, so
+    # without this guard the next request's checks would see the check's version of a.txt
+    # while its commit has another.
+    repo_path = make_repo(tmp_path / "r", FILES)
+    first = git(repo_path, "rev-parse", "HEAD").strip()
+    (repo_path / "b.txt").write_text("beta 2\n")
+    git(repo_path, "commit", "-q", "-am", "second")
+    second = git(repo_path, "rev-parse", "HEAD").strip()
+    repo = GitRepo(repo_path)
+    slot = tmp_path / "slot"
+    repo.worktree_add(slot, first)
+    git(slot, "update-index", "--skip-worktree", "a.txt")
+    (slot / "a.txt").write_text("written by a check\n")
+    problem = repo.worktree_reset(slot, second)
+    assert problem is not None and "skip-worktree" in problem
+    # assume-unchanged does not survive: git checkout --force looks past it and puts the
+    # file back (the bit may stay; it hides nothing once the file matches the index).
+    git(slot, "update-index", "--no-skip-worktree", "a.txt")
+    git(slot, "checkout", "-q", "--force", "--detach", first)
+    git(slot, "update-index", "--assume-unchanged", "a.txt")
+    (slot / "a.txt").write_text("written by a check\n")
+    repo.worktree_reset(slot, second)
+    assert (slot / "a.txt").read_text() == "alpha\n"

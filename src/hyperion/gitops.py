@@ -185,6 +185,29 @@ class GitRepo:
             return "HEAD is not the wanted commit after checkout"
         if any(not e.startswith(b"# ") for e in entries):
             return "files remain modified or untracked after the reset"
+        return self._index_flags_problem(path)
+
+    @staticmethod
+    def _index_flags_problem(path: Path) -> str | None:
+        """Why the worktree's index cannot be trusted: a file marked skip-worktree (or assume
+        unchanged) that git checkout leaves as a check wrote it and git status does not show.
+
+        Call after worktree_link_problem() found the ``.git`` file sound. skip-worktree needs
+        an index of version 3 or 4; git writes version 2 unless configured or asked to, so
+        only another version costs a listing of the index."""
+        admin = Path((path / ".git").read_text()[len("gitdir: "):].strip())
+        try:
+            with open(admin / "index", "rb") as index:
+                header = index.read(8)
+        except OSError:
+            header = b""
+        if header == b"DIRC\0\0\0\2":
+            return None
+        proc = git(["ls-files", "-v", "-z"], cwd=path, check=False)
+        if proc.returncode != 0:
+            return f"git ls-files failed: {proc.stderr.decode(errors='replace')[:200]}"
+        if any(e[:2] != b"H " for e in proc.stdout.split(b"\0") if e):
+            return "files are marked skip-worktree or assume-unchanged in its index"
         return None
 
     def worktree_link_problem(self, path: Path) -> str | None:
