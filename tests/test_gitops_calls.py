@@ -22,11 +22,11 @@ def _patch(a_old: str, a_new: str, b_old: str, b_new: str) -> str:
 
 def test_a_patch_that_fails_on_its_second_file_changes_nothing(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r", FILES)
-    reason = GitRepo.apply(repo, _patch("alpha\n", "ALPHA\n", "not beta\n", "BETA\n"))
+    reason = GitRepo.try_apply(repo, _patch("alpha\n", "ALPHA\n", "not beta\n", "BETA\n"))
     assert reason is not None and "b.txt" in reason
     assert (repo / "a.txt").read_text() == "alpha\n"
     assert git(repo, "status", "--porcelain") == ""
-    assert GitRepo.apply(repo, _patch("alpha\n", "ALPHA\n", "beta\n", "BETA\n")) is None
+    assert GitRepo.try_apply(repo, _patch("alpha\n", "ALPHA\n", "beta\n", "BETA\n")) is None
     assert git(repo, "diff", "--cached", "--name-only").split() == ["a.txt", "b.txt"]
 
 

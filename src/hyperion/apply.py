@@ -52,7 +52,7 @@ def apply_patch(repo: GitRepo, worktree: Path, patch: str, *, tip: str,
     ``want_own_tree``: also make ``own_tree`` when the patch applied cleanly onto a tip that
     is not its base (the tip may have changed the same files elsewhere). Raises
     :class:`ApplyConflict`."""
-    reason = repo.apply(worktree, patch)
+    reason = repo.try_apply(worktree, patch)
     if reason is None:
         own_tree = None
         if want_own_tree and base_commit is not None and base_commit != tip:

@@ -234,13 +234,18 @@ class GitRepo:
 
     # -- applying and committing (in a worktree)
     @staticmethod
-    def apply(worktree: Path, patch: str) -> str | None:
+    def try_apply(worktree: Path, patch: str) -> str | None:
         """Apply the patch to the worktree's index and files: None when it applied, else git's
         reason, with nothing changed (without --reject git checks every hunk of every file
-        before it writes anything, so there is no need for a separate --check run)."""
+        before it writes anything, so a separate ``--check`` run would only cost a process)."""
         proc = git(["apply", "--index", "--whitespace=nowarn", "-"], cwd=worktree,
                    input=patch.encode(), check=False)
         return None if proc.returncode == 0 else proc.stderr.decode(errors="replace").strip()
+
+    @staticmethod
+    def apply(worktree: Path, patch: str) -> None:
+        # --index is atomic across files: all of the patch applies, or none of it.
+        git(["apply", "--index", "--whitespace=nowarn", "-"], cwd=worktree, input=patch.encode())
 
     @staticmethod
     def commit(worktree: Path, parent: str, message: str, author: tuple[str, str]) -> str:
@@ -363,7 +368,8 @@ class GitRepo:
     @staticmethod
     def checkout_status(top: Path) -> tuple[str | None, str | None]:
         """(the commit HEAD is at, why the working tree cannot be updated in place or None
-        when its tracked files are clean), with one ``git status`` after a refresh.
+        when its tracked files are clean), with one ``git status`` after a refresh. HEAD is
+        None only with a reason (git status failed).
 
         The refresh is written to the index (git status here does not write it): read-tree -m
         later trusts the index's stat data, and a file touched but not changed would
@@ -387,16 +393,13 @@ class GitRepo:
                     next(fields, None)          # a rename's original path follows
             elif entry[:2] == b"u ":
                 unstaged = True
+        if head is None:
+            return None, "git status did not say where its HEAD is"
         if unstaged:
             return head, "it has uncommitted changes"
         if staged:
             return head, "it has staged changes"
         return head, None
-
-    @staticmethod
-    def checkout_head(top: Path) -> str | None:
-        proc = git(["rev-parse", "--verify", "--quiet", "HEAD"], cwd=top, check=False)
-        return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
     @staticmethod
     def move_checkout(top: Path, old: str, new: str) -> str | None:
