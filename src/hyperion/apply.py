@@ -1,10 +1,11 @@
 """Putting a request's patch onto the target's tip in a worktree, with a three-way fallback.
 
-First ``git apply --check`` then ``git apply --index`` on the tip. When the patch does not apply
-there and the request names a base that differs from the tip, the patch is applied to its base
-instead (in a private index, no worktree) and that result is merged into the tip with
-``git merge-tree``: the usual case of an agent that worked on a slightly old checkout. A merge
-that conflicts fails ``apply_conflict`` with a report a person can act on: the files, the
+First ``git apply --index`` on the tip (git checks every hunk before it writes anything, so a
+patch that does not apply changes nothing). When it does not apply there and the request names
+a base that differs from the tip, the patch is applied to its base instead (in a private index,
+no worktree) and that result is merged into the tip with ``git merge-tree``: the usual case of
+an agent that worked on a slightly old checkout. A merge that conflicts fails
+``apply_conflict`` with a report a person can act on: the files, the
 conflicting hunks (with git's conflict markers), and the base and target commits.
 """
 
@@ -51,9 +52,8 @@ def apply_patch(repo: GitRepo, worktree: Path, patch: str, *, tip: str,
     ``want_own_tree``: also make ``own_tree`` when the patch applied cleanly onto a tip that
     is not its base (the tip may have changed the same files elsewhere). Raises
     :class:`ApplyConflict`."""
-    reason = repo.apply_check(worktree, patch)
+    reason = repo.try_apply(worktree, patch)
     if reason is None:
-        repo.apply(worktree, patch)
         own_tree = None
         if want_own_tree and base_commit is not None and base_commit != tip:
             own_tree, _ = repo.apply_to_commit(base_commit, patch)

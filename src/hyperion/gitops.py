@@ -226,12 +226,42 @@ class GitRepo:
             proc = git(args, cwd=path, check=False)
             if proc.returncode != 0:
                 return f"git {args[0]} failed: {proc.stderr.decode(errors='replace')[:200]}"
-        if self.checkout_head(path) != commit:
+        # One status answers both questions: where HEAD is (the `# branch.oid` header) and
+        # whether anything is left (any line that is not a `# ` header).
+        status = git(["status", "--porcelain=v2", "--branch", "-z", "--ignored",
+                      "--untracked-files=all"], cwd=path, check=False)
+        if status.returncode != 0:
+            return f"git status failed: {status.stderr.decode(errors='replace')[:200]}"
+        entries = [e for e in status.stdout.split(b"\0") if e]
+        head = next((e.removeprefix(b"# branch.oid ").decode(errors="replace")
+                     for e in entries if e.startswith(b"# branch.oid ")), None)
+        if head != commit:
             return "HEAD is not the wanted commit after checkout"
-        status = git(["status", "--porcelain=v1", "-z", "--ignored", "--untracked-files=all"],
-                     cwd=path, check=False)
-        if status.returncode != 0 or status.stdout:
+        if any(not e.startswith(b"# ") for e in entries):
             return "files remain modified or untracked after the reset"
+        return self._index_flags_problem(path)
+
+    @staticmethod
+    def _index_flags_problem(path: Path) -> str | None:
+        """Why the worktree's index cannot be trusted: a file marked skip-worktree (or assume
+        unchanged) that git checkout leaves as a check wrote it and git status does not show.
+
+        Call after worktree_link_problem() found the ``.git`` file sound. skip-worktree needs
+        an index of version 3 or 4; git writes version 2 unless configured or asked to, so
+        only another version costs a listing of the index."""
+        admin = Path((path / ".git").read_text()[len("gitdir: "):].strip())
+        try:
+            with open(admin / "index", "rb") as index:
+                header = index.read(8)
+        except OSError:
+            header = b""
+        if header == b"DIRC\0\0\0\2":
+            return None
+        proc = git(["ls-files", "-v", "-z"], cwd=path, check=False)
+        if proc.returncode != 0:
+            return f"git ls-files failed: {proc.stderr.decode(errors='replace')[:200]}"
+        if any(e[:2] != b"H " for e in proc.stdout.split(b"\0") if e):
+            return "files are marked skip-worktree or assume-unchanged in its index"
         return None
 
     def worktree_link_problem(self, path: Path) -> str | None:
@@ -258,9 +288,11 @@ class GitRepo:
 
     # -- applying and committing (in a worktree)
     @staticmethod
-    def apply_check(worktree: Path, patch: str) -> str | None:
-        """None when the patch applies to the worktree's index and files; else git's reason."""
-        proc = git(["apply", "--check", "--index", "--whitespace=nowarn", "-"], cwd=worktree,
+    def try_apply(worktree: Path, patch: str) -> str | None:
+        """Apply the patch to the worktree's index and files: None when it applied, else git's
+        reason, with nothing changed (without --reject git checks every hunk of every file
+        before it writes anything, so a separate ``--check`` run would only cost a process)."""
+        proc = git(["apply", "--index", "--whitespace=nowarn", "-"], cwd=worktree,
                    input=patch.encode(), check=False)
         return None if proc.returncode == 0 else proc.stderr.decode(errors="replace").strip()
 
@@ -432,21 +464,40 @@ class GitRepo:
         return PushRefusal(stale=stale, detail=detail.strip())
 
     @staticmethod
-    def checkout_dirty(top: Path) -> str | None:
-        """Why the working tree cannot be updated in place, or None when it is clean."""
-        git(["update-index", "-q", "--refresh"], cwd=top, check=False)
-        if git(["diff-files", "--quiet", "--ignore-submodules"], cwd=top,
-               check=False).returncode != 0:
-            return "it has uncommitted changes"
-        if git(["diff-index", "--cached", "--quiet", "--ignore-submodules", "HEAD", "--"],
-               cwd=top, check=False).returncode != 0:
-            return "it has staged changes"
-        return None
+    def checkout_status(top: Path) -> tuple[str | None, str | None]:
+        """(the commit HEAD is at, why the working tree cannot be updated in place or None
+        when its tracked files are clean), with one ``git status`` after a refresh. HEAD is
+        None only with a reason (git status failed).
 
-    @staticmethod
-    def checkout_head(top: Path) -> str | None:
-        proc = git(["rev-parse", "--verify", "--quiet", "HEAD"], cwd=top, check=False)
-        return proc.stdout.decode().strip() if proc.returncode == 0 else None
+        The refresh is written to the index (git status here does not write it): read-tree -m
+        later trusts the index's stat data, and a file touched but not changed would
+        otherwise look modified to it."""
+        git(["update-index", "-q", "--refresh"], cwd=top, check=False)
+        proc = git(["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=no",
+                    "--ignore-submodules=all"], cwd=top, check=False)
+        if proc.returncode != 0:
+            return None, ("git status failed there "
+                          f"({proc.stderr.decode(errors='replace').strip()[:200]})")
+        head: str | None = None
+        staged = unstaged = False
+        fields = iter(proc.stdout.split(b"\0"))
+        for entry in fields:
+            if entry.startswith(b"# branch.oid "):
+                head = entry.removeprefix(b"# branch.oid ").decode(errors="replace")
+            elif entry[:2] in (b"1 ", b"2 "):
+                staged = staged or entry[2:3] != b"."
+                unstaged = unstaged or entry[3:4] != b"."
+                if entry[:1] == b"2":
+                    next(fields, None)          # a rename's original path follows
+            elif entry[:2] == b"u ":
+                unstaged = True
+        if head is None:
+            return None, "git status did not say where its HEAD is"
+        if unstaged:
+            return head, "it has uncommitted changes"
+        if staged:
+            return head, "it has staged changes"
+        return head, None
 
     @staticmethod
     def move_checkout(top: Path, old: str, new: str) -> str | None:

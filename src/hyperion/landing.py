@@ -92,21 +92,21 @@ class RefLander:
         reason = f"hyperion: land {record.id}"
         with land_lock(self.app, self.name):
             recover_checkout(self.app, self.name, repo)
-            if repo.branch_commit(target) != tip:
-                raise _moved(target)
             checkout = repo.checkout()
             if checkout is None or checkout.branch != target:
+                # The compare-and-swap is the check that the target is still at the tip.
                 if not repo.compare_and_swap(target, commit, tip, reason):
                     raise _moved(target)
                 return
             # The target is checked out: behave like receive.denyCurrentBranch=updateInstead.
+            # Its HEAD is the target branch, so the status's HEAD says whether it moved.
             top = checkout.toplevel
-            dirty = repo.checkout_dirty(top)
+            head, dirty = repo.checkout_status(top)
+            if head is not None and head != tip:
+                raise _moved(target)
             if dirty is not None:
                 raise Failed(Code.LAND_CONFLICT, f"{target} is checked out in {top} and {dirty}; "
                              "hyperion left it alone. Commit or stash them, then resubmit")
-            if repo.checkout_head(top) != tip:
-                raise _moved(target)
             # Written before the checkout moves, removed once the ref agrees: a crash between
             # the two is finished or undone by recover_checkout().
             intent = intent_path(self.app, self.name)

@@ -7,9 +7,10 @@ lock when its process dies, so a killed worker never strands a slot).
 Preparing a worktree per request would check out the whole tree each time, a cost that grows
 with the repository. A pooled slot is instead reset to the wanted commit (git rewrites only the
 files that differ, then ``git clean -ffdx``), and guarded before use: it must still be this
-repository's worktree and hold nothing but that commit. A slot that fails the guard is removed
-and added afresh, so a check that wrecked its worktree costs one full checkout, not a wrong
-result.
+repository's worktree and hold nothing but that commit (nothing modified, staged, untracked or
+ignored, and no file marked skip-worktree, which checkout and status would both pass over). A
+slot that fails the guard is removed and added afresh, so a check that wrecked its worktree
+costs one full checkout, not a wrong result.
 """
 
 from __future__ import annotations

@@ -1,0 +1,105 @@
+"""The git calls that replaced several with one: apply without a separate --check, the
+checked-out target's state from one status, and the pool's reset guard from one status."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from conftest import git, make_repo
+
+from hyperion.gitops import GitRepo
+
+FILES = {"a.txt": "alpha\n", "b.txt": "beta\n", "c.txt": "gamma\n"}
+
+
+def _patch(a_old: str, a_new: str, b_old: str, b_new: str) -> str:
+    return (f"diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n"
+            f"-{a_old}+{a_new}"
+            f"diff --git a/b.txt b/b.txt\n--- a/b.txt\n+++ b/b.txt\n@@ -1 +1 @@\n"
+            f"-{b_old}+{b_new}")
+
+
+def test_a_patch_that_fails_on_its_second_file_changes_nothing(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", FILES)
+    reason = GitRepo.try_apply(repo, _patch("alpha\n", "ALPHA\n", "not beta\n", "BETA\n"))
+    assert reason is not None and "b.txt" in reason
+    assert (repo / "a.txt").read_text() == "alpha\n"
+    assert git(repo, "status", "--porcelain") == ""
+    assert GitRepo.try_apply(repo, _patch("alpha\n", "ALPHA\n", "beta\n", "BETA\n")) is None
+    assert git(repo, "diff", "--cached", "--name-only").split() == ["a.txt", "b.txt"]
+
+
+def test_checkout_status_tells_head_and_what_is_dirty(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", FILES)
+    head = git(repo, "rev-parse", "HEAD").strip()
+    (repo / "untracked.txt").write_text("not ours\n")
+    assert GitRepo.checkout_status(repo) == (head, None)      # untracked files do not count
+    (repo / "a.txt").write_text("edited\n")
+    assert GitRepo.checkout_status(repo) == (head, "it has uncommitted changes")
+    git(repo, "add", "a.txt")
+    assert GitRepo.checkout_status(repo) == (head, "it has staged changes")
+    git(repo, "reset", "-q", "--hard")
+    git(repo, "mv", "b.txt", "1 .M renamed.txt")          # a rename's second path is skipped
+    assert GitRepo.checkout_status(repo) == (head, "it has staged changes")
+
+
+def test_a_touched_but_unchanged_file_does_not_stop_the_checkout_moving(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", FILES)
+    old = git(repo, "rev-parse", "HEAD").strip()
+    (repo / "c.txt").write_text("gamma 2\n")
+    git(repo, "commit", "-q", "-am", "second")
+    new = git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "checkout", "-q", "--detach", old)
+    # Same content, newer stat data: read-tree -m refuses ("not uptodate") unless the index
+    # was refreshed first.
+    later = (repo / "c.txt").stat().st_mtime + 100
+    os.utime(repo / "c.txt", (later, later))
+    assert GitRepo.checkout_status(repo) == (old, None)
+    assert GitRepo.move_checkout(repo, old, new) is None
+    assert (repo / "c.txt").read_text() == "gamma 2\n"
+
+
+def test_worktree_reset_checks_head_and_leftovers(tmp_path: Path) -> None:
+    repo_path = make_repo(tmp_path / "r", FILES)
+    first = git(repo_path, "rev-parse", "HEAD").strip()
+    (repo_path / "a.txt").write_text("alpha 2\n")
+    git(repo_path, "commit", "-q", "-am", "second")
+    second = git(repo_path, "rev-parse", "HEAD").strip()
+    repo = GitRepo(repo_path)
+    slot = tmp_path / "slot"
+    repo.worktree_add(slot, first)
+    (slot / "b.txt").write_text("left by a check\n")
+    (slot / "junk").mkdir()
+    (slot / "junk" / "x.pyc").write_text("")
+    assert repo.worktree_reset(slot, second) is None
+    assert (slot / "a.txt").read_text() == "alpha 2\n"
+    assert (slot / "b.txt").read_text() == "beta\n"
+    assert not (slot / "junk").exists()
+    assert git(slot, "rev-parse", "HEAD").strip() == second
+
+
+def test_worktree_reset_refuses_a_slot_whose_index_hides_a_changed_file(tmp_path: Path) -> None:
+    # skip-worktree survives `git checkout --force` and git status does not show the file, so
+    # without this guard the next request's checks would see the check's version of a.txt
+    # while its commit has another.
+    repo_path = make_repo(tmp_path / "r", FILES)
+    first = git(repo_path, "rev-parse", "HEAD").strip()
+    (repo_path / "b.txt").write_text("beta 2\n")
+    git(repo_path, "commit", "-q", "-am", "second")
+    second = git(repo_path, "rev-parse", "HEAD").strip()
+    repo = GitRepo(repo_path)
+    slot = tmp_path / "slot"
+    repo.worktree_add(slot, first)
+    git(slot, "update-index", "--skip-worktree", "a.txt")
+    (slot / "a.txt").write_text("written by a check\n")
+    problem = repo.worktree_reset(slot, second)
+    assert problem is not None and "skip-worktree" in problem
+    # assume-unchanged does not survive: git checkout --force looks past it and puts the
+    # file back (the bit may stay; it hides nothing once the file matches the index).
+    git(slot, "update-index", "--no-skip-worktree", "a.txt")
+    git(slot, "checkout", "-q", "--force", "--detach", first)
+    git(slot, "update-index", "--assume-unchanged", "a.txt")
+    (slot / "a.txt").write_text("written by a check\n")
+    repo.worktree_reset(slot, second)
+    assert (slot / "a.txt").read_text() == "alpha\n"
