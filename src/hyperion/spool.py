@@ -76,6 +76,8 @@ On disk
     done/<id>.item          acknowledged
     dead/<id>.item          buried or cancelled
     corrupt/<name>          unreadable items, with <name>.reason beside them
+    journal/                the intent log of put and ack (spool_journal.py): boot, and one
+                            preallocated segment file per process
     .adds                   one byte appended per item added to queued/: a change counter that
                             tells other processes' views to list queued/ again (content
                             meaningless, never fsynced)
@@ -95,24 +97,52 @@ next lease.
 An item file is one line of JSON, the header ``{"v": 1, "id", "priority", "attempts",
 "not_before", "enqueued_at", "last_error"}``, then a newline, then the payload bytes as given.
 
-Durability. New contents are always written and fdatasynced before any name makes them
-visible; every rename or link into a state directory is followed by an fsync of that directory
-before the call returns (on ext4 and xfs a rename is one journal transaction, so the source side
-goes with it). Directory fsyncs are group commits: the threads of a process that changed the
-same directory share one fsync (a leader syncs on behalf of every change made before it
-started; each caller still returns only after a sync that began after its own change).
+Durability. Two kinds of crash differ in what they can lose. A process that dies (kill -9,
+the OOM killer, a bug) loses nothing it wrote or renamed: the kernel has it and writes it back
+later. A crash of the system (power loss, kernel panic, a VM reset) loses what was not synced,
+and the host then boots with a new boot id (/proc/sys/kernel/random/boot_id). put and ack, the
+two steps of every item, are therefore made durable by an intent log, the journal
+(spool_journal.py): each does its file operations, then appends one record to its process's
+journal segment (blocks already written and synced when the segment was made, so the
+fdatasync is an overwrite: ~0.1 ms here against ~0.3-0.5 ms for a new file plus a directory
+fsync) and returns once it is synced; the threads of a process share those fdatasyncs (group
+commit). The first Spool opened after a boot-id change replays the journal before anything else
+uses the directory, redoing any put or ack whose file operations the crash lost, then syncs the
+filesystem and records the boot id in journal/boot. A full segment is retired once a syncfs
+has made what it records durable; the sweeper removes the segments of processes that are gone.
+Without a boot id (no /proc) put and ack sync their directories instead, as all the other
+operations do: new contents are written and fdatasynced before a name makes them visible, and
+every rename or link into a state directory is followed by an fsync of that directory before
+the call returns (on ext4 and xfs a rename is one journal transaction, so the source side goes
+with it). Directory fsyncs, too, are group commits among the threads of a process (a leader
+syncs on behalf of every change made before it started; each caller still returns only after a
+sync that began after its own change).
 
-- put: create keys/<id> (O_EXCL), write, fdatasync; fsync(keys/) unless keys/ is on ext4 or
-  xfs, where the fdatasync of a file created since its last sync makes its name durable too
-  (ext4 syncs the new inode's parent itself without a journal and commits the transaction that
-  created it with one; xfs forces its log past the creation); link it as queued/<name>,
-  fsync(queued/). The key is locked (flock) from its creation until the item is durable, so a
-  concurrent put of the same id waits and then returns False. A crash before the link leaves a
-  key alone: the next put of that id finds no item and puts it (fsyncing keys/ explicitly).
+What that guarantees. Nothing put returned True for is lost, and a returned ack is never
+undone: after a system crash the replay puts back an item whose key, data or queued/ link was
+lost, and moves an acked item back to done/ (removing a stale second name in queued/ or
+running/ that a filesystem without a journal may keep; replay is idempotent and skips what was
+pruned or moved on). A lease is never synced: a lease lost with the system is an item still
+queued, or one in running/ under a holder of the previous boot, which the sweeper returns at
+once; either way the item runs again, which is safe because the worker looks for the landed
+commit (its trailer) before landing. The rarer operations (retry, bury, cancel, requeue, prune,
+sweep) sync their directories themselves and are not journalled.
+
+- put: create keys/<id> (O_EXCL), write the item into it, link it as queued/<name>, append a
+  put record (the item's bytes and queue name) + fdatasync of the segment. The key is locked
+  (flock) from its creation until the item is durable, so a concurrent put of the same id waits
+  and then returns False. A crash before the link leaves a key alone: the next put of that id
+  finds no item and puts it (with the synced path: fdatasync, fsync(keys/), link,
+  fsync(queued/)). Synced path without a journal: fdatasync of the key; fsync(keys/) unless
+  keys/ is on ext4 or xfs, where the fdatasync of a file created since its last sync makes its
+  name durable too (ext4 syncs the new inode's parent itself without a journal and commits the
+  transaction that created it with one; xfs forces its log past the creation); link,
+  fsync(queued/).
 - lease: one rename queued/ -> running/<lease name> (of two leasers the loser gets ENOENT and
-  takes the next item). Not fsynced: a lease lost in a power loss is an item still queued.
+  takes the next item). Never synced (see above).
 - heartbeat: utime on the running file.
-- ack: one rename into done/ + fsync(done/).
+- ack: one rename into done/, then an ack record + fdatasync of the segment (without a
+  journal: fsync(done/)).
 - retry, bury, sweep: under the item's key lock, a rename within running/ claims the item (so
   an ack racing with a sweep is decided by one rename), the rewritten item (attempts,
   not_before, last_error) replaces the claimed file, and one rename moves it to queued/<new
