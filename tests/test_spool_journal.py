@@ -286,3 +286,21 @@ def test_replay_after_any_crash_keeps_every_put_and_every_ack(
         left.add(lease.id)
         again.ack(lease)
     assert left <= set(put) - set(acked)
+
+
+def test_a_forked_child_writes_its_own_segment(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    spool = Spool(root)
+    assert spool.put("parent-1", b"x")
+    pid = os.fork()
+    if pid == 0:                                  # the child: the Spool made before the fork
+        code = 0 if spool.put("child-1", b"y") else 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert spool.put("parent-2", b"z")
+    segments = sorted(p for p in (root / "journal").iterdir() if p.suffix == ".log")
+    assert len(segments) == 2
+    ids = sorted(record.id for segment in segments
+                 for record in journal_module.read_segment(segment.read_bytes()))
+    assert ids == ["child-1", "parent-1", "parent-2"]

@@ -207,6 +207,7 @@ RESCAN_S = 30.0
 CLAIM_TTL_S = 600.0
 MAX_ERROR_CHARS = 8000
 PRUNE_BATCH = 256
+JOURNAL_SEGMENTS_KEPT = 32     # more segments of gone processes are removed by a new Spool
 ITEM_SUFFIX = ".item"
 LEASE_SUFFIX = ".lease"
 TOMBSTONE = "pruned"
@@ -766,7 +767,7 @@ def _journal_of(root: Path) -> spool_journal.Journal:
         journal = _journals.get(key)
         if journal is None:
             journal = _journals[key] = spool_journal.Journal(
-                os.path.join(real, "journal"), f"{_BOOT8}-{_me.pid}-{_me.pid_start}")
+                os.path.join(real, "journal"), lambda: f"{_BOOT8}-{_me.pid}-{_me.pid_start}")
         return journal
 
 
@@ -779,7 +780,6 @@ def _after_fork_in_child() -> None:
         sync.reset()
     for view in list(_views.values()):
         view.reset()                          # the child lists queued/ itself
-    _journals.clear()                         # the child writes its own segments
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -853,6 +853,8 @@ class Spool:
             self.journal_dir.mkdir(exist_ok=True)
             self._make_whole()
             self._journal = _journal_of(self.root)
+            if len(self._names(self.journal_dir)) > JOURNAL_SEGMENTS_KEPT:
+                self._clean_journal()         # short-lived processes (CLI calls) left them
 
     # ------------------------------------------------------------------ the contract
     def put(self, item_id: str, payload: bytes, *, priority: int = 0,
@@ -1162,7 +1164,8 @@ class Spool:
         for ack in sorted(acks, key=lambda record: record.time_ns):
             if _ID_RE.fullmatch(ack.id) and self._replay_ack(ack.id, index):
                 redone += 1
-        spool_journal.syncfs(str(self.root))
+        if segments:
+            spool_journal.syncfs(str(self.root))  # what was redone, before the records go
         assert _BOOT_ID is not None
         write_atomic(self.journal_dir / spool_journal.BOOT_FILE, (_BOOT_ID + "\n").encode(),
                      tmp_dir=self.tmp)

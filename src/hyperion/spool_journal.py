@@ -50,7 +50,7 @@ import struct
 import threading
 import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +60,7 @@ MAGIC = b"HSJ1"
 _HEAD = struct.Struct(">4sII")
 _TIME = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
-FIRST_SEGMENT_BYTES = 256 * 1024       # a process that puts little costs little
+FIRST_SEGMENT_BYTES = 64 * 1024        # a process that puts little costs little
 SEGMENT_BYTES = 4 * 1024 * 1024
 _ZEROS = bytes(1 << 16)
 _SEGMENT_RE = re.compile(r"([0-9a-f]{1,8})-(\d{1,10})-(\d{1,20})-([0-9a-f]{8})\.log")
@@ -218,9 +218,14 @@ def _preallocate(path: str, size: int) -> int:
 class Journal:
     """This process's journal for one spool: append a record and return once it is durable."""
 
-    def __init__(self, directory: str, owner: str) -> None:
+    def __init__(self, directory: str, owner: Callable[[], str]) -> None:
         self.directory = directory
-        self.owner = owner                        # "<boot8>-<pid>-<pid start>"
+        self._owner = owner                       # "<boot8>-<pid>-<pid start>" of the caller
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self.owner = self._owner()
         self._lock = threading.Lock()
         self._segment: _Segment | None = None
         self._retired: list[_Segment] = []
@@ -234,6 +239,9 @@ class Journal:
         return self.fdatasyncs_retired + current
 
     def append(self, record: bytes) -> None:
+        if os.getpid() != self._pid:
+            # A forked child: it writes its own segments (the parent's stay the parent's).
+            self._start()
         retire: _Segment | None = None
         with self._lock:
             segment = self._segment
