@@ -296,7 +296,14 @@ def verify(root: Path, repo: Path, requests: list[dict[str, Any]]) -> dict[str, 
         if times == 0:
             violations.append(f"{rid}: its {final} notification was not delivered")
         again += max(0, times - 1)
+    retries: Counter[str] = Counter()
+    for record in records.values():
+        for entry in record.get("history", []):
+            if "retrying in" in entry.get("reason", ""):
+                retries[entry["reason"].partition("; retrying in")[0][:120]] += 1
     return {"records": len(records), "terminal_states": dict(sorted(histogram.items())),
+            "retries_by_reason": dict(retries.most_common(10)),
+            "crashed_attempts": sum(r.get("crashes", 0) for r in records.values()),
             "landed_commits": sum(1 for r in records.values() if r["state"] == "landed"),
             "notifications": {"lines": len(lines), "delivered_again": again},
             "violations": violations}
@@ -355,6 +362,7 @@ def main() -> int:
     kill_seconds = time.monotonic() - kill_phase
     # Drain: --once until nothing waits (a retry may be scheduled a little later).
     drains = 0
+    waiting: list[str] = []
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         drains += 1
@@ -365,13 +373,19 @@ def main() -> int:
         if once.returncode != 0:
             break
         records = [json.loads(p.read_text()) for p in (root / "state" / "records").glob("*.json")]
-        if len(records) >= len(requests) and all(r["state"] in TERMINAL for r in records):
+        open_records = [r for r in records if r["state"] not in TERMINAL]
+        if drains == 1:
+            waiting = [f"{r['id']}: {r['state']} after {r.get('attempts')} attempts "
+                       f"({r.get('crashes')} crashed): {r['history'][-1]['reason'][:160]}"
+                       for r in open_records]
+        if len(records) >= len(requests) and not open_records:
             break
         time.sleep(1.0)
     verdict = verify(root, repo, requests)
     if once.returncode != 0:
         verdict["violations"].insert(0, f"hyperion run --once exited {once.returncode}")
     report = {"seed": seed, "requests": len(requests), "workers": args.workers,
+              "open_after_first_drain": {"count": len(waiting), "examples": waiting[:5]},
               "kills": sum(kills.values()), "kills_by_aim": dict(sorted(kills.items())),
               "starts_that_exited_before_the_kill": missed["exited"],
               "kill_phase_seconds": round(kill_seconds, 1), "drain_runs": drains,

@@ -39,7 +39,8 @@ The contract
     stale when it expired, or when its holder's process is gone (same host: the pid is dead, a
     zombie, reused, or the host rebooted). heartbeat, ack, retry and bury raise ``LeaseLost``
     once a lease was swept; a lease that expired but was not swept yet can still be extended or
-    closed.
+    closed. It also removes temporary files older than an hour and, after a syncfs, the journal
+    segments of processes that are gone.
 ``prune(older_than_s) -> int``
     Removes the items of ``done/`` and ``dead/`` that entered them more than ``older_than_s``
     seconds ago (by the inode change time, which the move into done/ or dead/ set) and returns
