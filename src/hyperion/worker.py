@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hyperion import worktrees
 from hyperion.app import App
 from hyperion.errors import Code, ErrorInfo
 from hyperion.fsutil import write_atomic
@@ -133,12 +134,12 @@ def prune_worktrees(app: App) -> int:
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed += 1
-    if removed:
-        for repo in app.config.repos.values():
-            try:
-                GitRepo(repo.path).prune_worktrees()
-            except GitError as exc:
-                log.warning("cannot prune worktrees of %s: %s", repo.path, exc)
+    for name, repo in app.config.repos.items():
+        try:
+            # Also repairs an add that a killed process left half done (it wedges git).
+            worktrees.prune(app.locks_dir(), name, GitRepo(repo.path), root)
+        except GitError as exc:
+            log.warning("cannot prune worktrees of %s: %s", repo.path, exc)
     return removed
 
 
@@ -278,7 +279,7 @@ class Worker:
         worktree = self.app.worktrees_dir() / f"{record.id}~{os.getpid()}~{secrets.token_hex(3)}"
         worktree.parent.mkdir(parents=True, exist_ok=True)
         with _stage("prepare"):
-            repo.worktree_add(worktree, tip)
+            worktrees.add_worktree(self.app.locks_dir(), record.repo, repo, worktree, tip)
         try:
             assert request.patch is not None
             with _stage("apply"):
@@ -301,7 +302,7 @@ class Worker:
                 self._land(repo, record, target, commit, tip)
             return commit
         finally:
-            repo.worktree_remove(worktree)
+            worktrees.remove_worktree(self.app.locks_dir(), record.repo, repo, worktree)
 
     def _check_hashes(self, request: ChangeRequest, worktree: Path) -> None:
         for i, entry in enumerate(request.changes):
