@@ -445,7 +445,8 @@ class Worker:
             self._finish(beat, record, State.FAILED, info.model_copy(update={
                 "message": f"{info.message} (gave up after {tries} attempts)"}))
             return
-        delay = backoff(lease.attempts) if delay_s is None else delay_s
+        # Grows with the failed tries only: restarts of the daemon must not stretch it.
+        delay = backoff(max(0, tries - 1)) if delay_s is None else delay_s
         self.app.records.transition(record.id, State.QUEUED, by=self.name,
                                     reason=f"{info.summary()}; retrying in {delay:.1f} s",
                                     error=info, races=races)
