@@ -201,7 +201,8 @@ def test_without_a_boot_id_put_and_ack_sync_directories(tmp_path: Path,
 
 def test_threads_share_the_journal_fdatasync(tmp_path: Path) -> None:
     root = tmp_path / "s"
-    Spool(root).put("warm-up", b"x")
+    keep = Spool(root)                            # keeps the process's journal of root alive
+    keep.put("warm-up", b"x")
     barrier = threading.Barrier(8)
 
     def produce(k: int) -> None:
@@ -215,8 +216,10 @@ def test_threads_share_the_journal_fdatasync(tmp_path: Path) -> None:
         t.start()
     for t in threads:
         t.join()
-    journal = spool_module._journal_of(root)
-    assert Spool(root).counts()["queued"] == 201
+    spool = Spool(root)
+    journal = spool._journal
+    assert journal is not None
+    assert spool.counts()["queued"] == 201
     assert journal.fdatasyncs <= 201
 
 
@@ -304,3 +307,17 @@ def test_a_forked_child_writes_its_own_segment(tmp_path: Path) -> None:
     ids = sorted(record.id for segment in segments
                  for record in journal_module.read_segment(segment.read_bytes()))
     assert ids == ["child-1", "parent-1", "parent-2"]
+
+
+def test_an_unused_journal_closes_its_segment(tmp_path: Path) -> None:
+    import gc
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    spool = Spool(tmp_path / "s")
+    assert spool.put("a", b"x")
+    before = open_fds()
+    del spool
+    gc.collect()
+    assert open_fds() < before

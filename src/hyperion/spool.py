@@ -756,7 +756,8 @@ def _view_of(root: Path) -> _View:
         return view
 
 
-_journals: dict[tuple[str, int, int], spool_journal.Journal] = {}
+_journals: weakref.WeakValueDictionary[tuple[str, int, int], spool_journal.Journal] = (
+    weakref.WeakValueDictionary())                # a Journal closes its segment when unused
 _replayed: set[tuple[str, int, int]] = set()      # roots made whole for this boot
 
 
