@@ -527,7 +527,8 @@ def sweep_size(root: Path, git: PlainGit, files: int, reps: int,
     result: dict[str, Any] = {"files": files}
 
     # hyperion: the first checkout adds the slot, later ones reuse it.
-    pool = WorktreePool(root / f"pool-{files}")
+    (root / "locks").mkdir(exist_ok=True)
+    pool = WorktreePool(root / f"pool-{files}", root / "locks")
 
     def checkout(commit: str, into: WorktreePool = pool) -> Path:
         manager = into.checkout("demo", repo, commit)
@@ -537,7 +538,8 @@ def sweep_size(root: Path, git: PlainGit, files: int, reps: int,
 
     # More first checkouts, each in a pool of its own (kept, like the plain worktrees).
     firsts = [timed(lambda k=k: checkout(  # type: ignore[misc]
-        commits[k], WorktreePool(root / f"pool-{files}-first-{k}"))) for k in range(1, add_reps)]
+        commits[k], WorktreePool(root / f"pool-{files}-first-{k}", root / "locks")))
+        for k in range(1, add_reps)]
     first = timed(lambda: checkout(commits[0]))
     reuse: list[float] = []
     with count_git() as calls:

@@ -95,6 +95,14 @@ class HyperionSpool(Adapter):
         self.payload = PAYLOAD.encode()
 
     def settings(self) -> dict[str, Any]:
+        if self.spool._journal is not None:
+            return {"put": "create keys/<id> (O_EXCL) + write; link queued/<name>; append a "
+                           "record to the process's journal segment + fdatasync (an overwrite "
+                           "of preallocated blocks)",
+                    "lease": "one rename queued/ -> running/<lease name>, not synced",
+                    "ack": "rename into done/; append a record to the journal + fdatasync",
+                    "syncs": "group commit of the journal's fdatasync among the threads of a "
+                             "process; a full segment is retired after one syncfs"}
         keys_fsync = self.spool._sync_new_keys
         return {"put": "create keys/<id> (O_EXCL) + write + fdatasync"
                        + (" + fsync(keys/)" if keys_fsync else
@@ -132,7 +140,10 @@ class HyperionSpool(Adapter):
             t.join()
 
     def dir_fsyncs(self) -> dict[str, int]:
-        return {path.name: sync.fsyncs for path, sync in self.spool._sync.items()}
+        counts = {path.name: sync.fsyncs for path, sync in self.spool._sync.items()}
+        if self.spool._journal is not None:
+            counts["journal (fdatasync)"] = self.spool._journal.fdatasyncs
+        return counts
 
 
 def _set_synchronous(conns: list[sqlite3.Connection], level: str) -> None:

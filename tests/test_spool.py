@@ -867,8 +867,11 @@ class SpoolMachine(RuleBasedStateMachine):
         if not ready:
             assert lease is None
             return None
-        expected = min(ready)[2]
-        assert lease is not None and lease.id == expected
+        # Items one sweep returned share an order: any of them may come first.
+        first = min(ready)[:2]
+        candidates = {i for prio, order, i in ready if (prio, order) == first}
+        assert lease is not None and lease.id in candidates, (lease, candidates)
+        expected = lease.id
         item = self.items[expected]
         assert lease.attempts == item.attempts and lease.payload == item.payload
         item.state = "running"
@@ -916,10 +919,12 @@ class SpoolMachine(RuleBasedStateMachine):
                                       self.items[h.lease.id].order))
         time.sleep(0.001)
         assert self.spool.sweep() == len(stale)
+        # They go back behind what is queued, in no promised order among themselves.
+        self.order += 1
         for h in stale:
             item = self.items[h.lease.id]
             item.attempts += 1
-            self._enqueue(item, True)
+            item.state, item.order, item.ready = "queued", self.order, True
             del self.open[h.lease.id]
         return [h.lease for h in stale]
 

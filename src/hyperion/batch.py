@@ -123,7 +123,7 @@ class Batch:
                 pending = [m for m in pending if m.record.id in self.open]
                 if not pending:
                     return []
-                pool = WorktreePool(self.app.worktrees_dir())
+                pool = WorktreePool(self.app.worktrees_dir(), self.app.locks_dir())
                 worktree = stack.enter_context(pool.checkout(repo_name, repo, tip))
             with self.timings.step("apply"):
                 chain = self._apply_all(repo, worktree, target, tip, pending)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from hyperion import worktrees
 from hyperion.gitops import GitError, GitRepo
 
 log = logging.getLogger("hyperion.pool")
@@ -39,8 +40,12 @@ class PoolExhausted(RuntimeError):
 
 
 class WorktreePool:
-    def __init__(self, root: Path) -> None:
+    """Slots under ``root``; adding and removing worktrees holds the repository's worktree
+    lock in ``locks_dir`` (worktrees.py: git's worktree commands race each other)."""
+
+    def __init__(self, root: Path, locks_dir: Path) -> None:
         self.root = root
+        self.locks_dir = locks_dir
 
     @contextmanager
     def checkout(self, repo_name: str, repo: GitRepo, commit: str) -> Iterator[Path]:
@@ -53,7 +58,7 @@ class WorktreePool:
                 continue
             try:
                 path = directory / f"w{n}"
-                _prepare(repo, path, commit)
+                self._prepare(repo_name, repo, path, commit)
                 yield path
             finally:
                 os.close(fd)
@@ -86,13 +91,35 @@ class WorktreePool:
                     problem = repo.worktree_link_problem(slot)
                     if problem is not None:
                         log.info("removing worktree %s: %s", slot, problem)
-                        _remove(repo, slot)
+                        self._remove(entry.name, repo, slot)
                         removed += 1
                 finally:
                     os.close(fd)
-        for repo in repos.values():
-            repo.prune_worktrees()
         return removed
+
+    def _prepare(self, repo_name: str, repo: GitRepo, path: Path, commit: str) -> None:
+        if path.exists() or path.is_symlink():
+            problem = repo.worktree_reset(path, commit)
+            if problem is None:
+                return
+            log.warning("worktree %s cannot be reused (%s); adding it afresh", path, problem)
+            self._remove(repo_name, repo, path)
+        with worktrees.worktree_lock(self.locks_dir, repo_name):
+            # An add of this slot killed half-way leaves git's entry locked "initializing",
+            # which wedges every worktree command: we hold the slot, so it is stale.
+            worktrees.repair_interrupted_slot(repo.git_dir, path)
+            worktrees.repair_interrupted_adds(repo.git_dir, self.root)
+            repo.worktree_add(path, commit)
+
+    def _remove(self, repo_name: str, repo: GitRepo, path: Path) -> None:
+        with worktrees.worktree_lock(self.locks_dir, repo_name):
+            with suppress(GitError):
+                repo.worktree_remove(path)
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+            repo.prune_worktrees()
 
 
 def _try_lock(path: Path) -> int | None:
@@ -103,23 +130,3 @@ def _try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
-
-
-def _prepare(repo: GitRepo, path: Path, commit: str) -> None:
-    if path.exists() or path.is_symlink():
-        problem = repo.worktree_reset(path, commit)
-        if problem is None:
-            return
-        log.warning("worktree %s cannot be reused (%s); adding it afresh", path, problem)
-        _remove(repo, path)
-    repo.worktree_add(path, commit)
-
-
-def _remove(repo: GitRepo, path: Path) -> None:
-    with suppress(GitError):
-        repo.worktree_remove(path)
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-    repo.prune_worktrees()

@@ -23,7 +23,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperion import landing
+from hyperion import landing, worktrees
 from hyperion.app import App
 from hyperion.apply import ApplyConflict, apply_patch, render_report
 from hyperion.batch import run_batch
@@ -97,11 +97,10 @@ def prune_worktrees(app: App) -> int:
     """Start-up: remove worktrees nobody can use any more. Returns how many.
 
     Pool slots (pool.py) that fail their guard, folders of repositories no longer configured,
-    and the per-request worktrees (``<id>~<pid>~<random>``) of earlier versions whose
-    process is gone."""
+    and the per-attempt worktrees (``<id>~<pid>~<random>``: tasks, and earlier versions)
+    whose process is gone."""
     root = app.worktrees_dir()
-    if not root.is_dir():
-        return 0
+    root.mkdir(parents=True, exist_ok=True)
     removed = 0
     for entry in root.iterdir():
         parts = entry.name.split("~")
@@ -113,9 +112,11 @@ def prune_worktrees(app: App) -> int:
     for name, repo in app.config.repos.items():
         try:
             repos[name] = GitRepo(repo.path)
+            # Also repairs an add that a killed process left half done (it wedges git).
+            worktrees.prune(app.locks_dir(), name, repos[name], root)
         except GitError as exc:
             log.warning("cannot prune worktrees of %s: %s", repo.path, exc)
-    return removed + WorktreePool(root).prune(repos)
+    return removed + WorktreePool(root, app.locks_dir()).prune(repos)
 
 
 def _alive(pid: int) -> bool:
@@ -309,7 +310,7 @@ class Worker:
                 if base_commit is None:
                     raise Failed(Code.APPLY_CONFLICT, f"the base {request.base!r} is not a "
                                  "commit in the repository", path="base")
-                pool = WorktreePool(self.app.worktrees_dir())
+                pool = WorktreePool(self.app.worktrees_dir(), self.app.locks_dir())
                 worktree = stack.enter_context(pool.checkout(record.repo, repo, tip))
             assert request.patch is not None
             with timings.step("apply"):
@@ -465,7 +466,8 @@ class Worker:
                 "message": f"{info.message} (gave up after {tries} attempts)"}),
                 timings=timings)
             return
-        delay = backoff(lease.attempts) if delay_s is None else delay_s
+        # Grows with the failed tries only: restarts of the daemon must not stretch it.
+        delay = backoff(max(0, tries - 1)) if delay_s is None else delay_s
         self.app.records.transition(record.id, State.QUEUED, by=self.name,
                                     reason=f"{info.summary()}; retrying in {delay:.1f} s",
                                     error=info, races=races,

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from hyperion import landing
+from hyperion import landing, worktrees
 from hyperion.config import HarnessConfig
 from hyperion.errors import Code, ErrorInfo, GateError
 from hyperion.fsutil import write_atomic
@@ -237,11 +237,11 @@ class TaskLoop:
         # Raw harness output waits here for redaction; start-up prunes it with the worktree.
         self.scratch = self.worktree.with_name(self.worktree.name + ".run")
         self.scratch.mkdir(parents=True, exist_ok=True)
-        repo.worktree_add(self.worktree, tip)
+        worktrees.add_worktree(self.app.locks_dir(), record.repo, repo, self.worktree, tip)
         try:
             return self._iterate(repo, tip)
         finally:
-            repo.worktree_remove(self.worktree)
+            worktrees.remove_worktree(self.app.locks_dir(), record.repo, repo, self.worktree)
             shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _iterate(self, repo: GitRepo, tip: str) -> str:
