@@ -9,7 +9,7 @@ the same line of one shared file (the first to land wins; the others fail apply_
 
 Requests arrive in the inbox in batches while `hyperion run` is started as a child process and
 killed with SIGKILL over and over, at a random moment or aimed at a step of the pipeline: just
-after a request's worktree appears (mid-apply), while a check runs (mid-check), while a land has
+after an attempt starts (mid-prepare/apply), while a check runs (mid-check), while a land has
 its intent file (mid-land), or just after new files reach the inbox (mid-intake). Then
 `hyperion run --once` drains what is left, and the script checks:
 
@@ -19,8 +19,9 @@ its intent file (mid-land), or just after new files reach the inbox (mid-intake)
   landed_commit; no commit for a request that did not land;
 - no lease left in spool/running/ or outbox/running/, nothing in spool/corrupt/, every spool
   item finished (done/ or dead/), the inbox empty;
-- no worktree left (state/worktrees/ empty, `git worktree list` has only the checkout), and the
-  checkout clean on main;
+- no worktree left beside the pool's slots (state/worktrees/demo/w<N>), `git worktree list`
+  has only the checkout and those slots, none locked or prunable, and the checkout is clean
+  on main;
 - one notification per terminal state: exactly one outbox message for each record's final
   state, and at least one delivery of it. A kill between a delivery and its acknowledgement
   makes the endpoint receive it again (delivery to an outside endpoint is at least once): such
@@ -41,6 +42,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -192,8 +194,21 @@ def aim_and_wait(aim: str, root: Path, rng: random.Random) -> bool:
         time.sleep(rng.uniform(0.05, 2.0))
         return True
     if aim == "apply":
-        before = entries(state / "worktrees")
-        return wait_for(lambda: bool(entries(state / "worktrees") - before), 4.0)
+        # An attempt starts (its record goes to running): kill while it prepares and applies.
+        audit = state / "audit.jsonl"
+        start = audit.stat().st_size if audit.exists() else 0
+
+        def started() -> bool:
+            try:
+                with open(audit, "rb") as f:
+                    f.seek(start)
+                    return b'"to": "running"' in f.read()
+            except FileNotFoundError:
+                return False
+        if not wait_for(started, 4.0, poll=0.002):
+            return False
+        time.sleep(rng.uniform(0, 0.03))
+        return True
     if aim == "check":
         before = entries(root / "markers")
         if not wait_for(lambda: bool(entries(root / "markers") - before), 4.0):
@@ -261,12 +276,21 @@ def verify(root: Path, repo: Path, requests: list[dict[str, Any]]) -> dict[str, 
     inbox = sorted(entries(root / "inbox"))
     if inbox:
         violations.append(f"inbox not empty: {inbox[:5]}")
-    worktrees = sorted(entries(state / "worktrees"))
-    if worktrees:
-        violations.append(f"worktrees left: {worktrees[:5]}")
-    listed = git(repo, "worktree", "list", "--porcelain").count("worktree ")
-    if listed != 1:
-        violations.append(f"git worktree list shows {listed} worktrees")
+    # The pool keeps its slots (worktrees/demo/w<N>, reset before each use); nothing else.
+    strays = sorted(n for n in entries(state / "worktrees") if n != "demo")
+    strays += sorted(n for n in entries(state / "worktrees" / "demo")
+                     if not re.fullmatch(r"w\d+(\.lock)?", n))
+    if strays:
+        violations.append(f"worktrees left beside the pool: {strays[:5]}")
+    listed = git(repo, "worktree", "list", "--porcelain")
+    slots = {str((state / "worktrees" / "demo" / n).resolve())
+             for n in entries(state / "worktrees" / "demo") if re.fullmatch(r"w\d+", n)}
+    for block in listed.strip().split("\n\n"):
+        path = block.splitlines()[0].removeprefix("worktree ")
+        if "prunable" in block or "locked" in block:
+            violations.append(f"git worktree list: {block!r}")
+        elif Path(path).resolve() != repo.resolve() and str(Path(path).resolve()) not in slots:
+            violations.append(f"git lists a worktree that is not the pool's: {path}")
     status = git(repo, "status", "--porcelain")
     if status:
         violations.append(f"the checkout is not clean: {status[:200]!r}")

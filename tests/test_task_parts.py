@@ -201,5 +201,5 @@ def test_a_worktree_snapshot_diff_carries_every_kind_of_change(tmp_path: Path) -
     assert repo.carry(third, tip, commit)
     assert (third / "new näme.txt").exists() and (third / "unrelated.txt").exists()
     (third / "junk.tmp").write_text("left by a check\n")
-    repo.reset_worktree(third, new_tip)
+    assert repo.worktree_reset(third, new_tip) is None
     assert not (third / "junk.tmp").exists() and not (third / "new näme.txt").exists()

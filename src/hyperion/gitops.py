@@ -402,13 +402,6 @@ class GitRepo:
             return False
         return True
 
-    @staticmethod
-    def reset_worktree(worktree: Path, commit: str) -> None:
-        """Make the worktree exactly ``commit``: HEAD, index and files, with every untracked
-        and ignored file (what checks left behind) removed."""
-        git(["reset", "-q", "--hard", commit], cwd=worktree)
-        git(["clean", "-q", "-ffdx"], cwd=worktree)
-
     # -- landing
     def compare_and_swap(self, branch: str, new: str, old: str, reason: str) -> bool:
         proc = git(["update-ref", "-m", reason, f"refs/heads/{branch}", new, old],

@@ -333,7 +333,7 @@ class Worker:
         if self.app.dry_run or request.dry_run:
             return Result(State.VERIFIED, commit)
         with timings.step("land"):
-            self._land(lander, record, target, commit, tip)
+            lander.land(record, target, commit, tip)
         return Result(State.LANDED, commit, lander.landed_ref(record))
 
     @staticmethod
@@ -407,11 +407,6 @@ class Worker:
                                        f"exit code {result.exit_code}; its output is in "
                                        f"{artifact}", path=f"checks.{name}")
         return results, None
-
-    @staticmethod
-    def _land(lander: landing.Lander, record: Record, target: str, commit: str,
-              tip: str) -> None:
-        lander.land(record, target, commit, tip)
 
     # ------------------------------------------------------------------ outcomes
     def _save_artifact(self, record_id: str, name: str, text: str) -> None:

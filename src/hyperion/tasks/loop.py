@@ -357,7 +357,7 @@ class TaskLoop:
         entry = entry.model_copy(update={"commit": commit, "onto": tip, "diff": diff_name,
                                          **stats})
         red = self._checks(request, number)
-        repo.reset_worktree(self.worktree, commit)   # nothing the checks left stays
+        self._reset(repo, commit)   # nothing the checks left stays
         if red is not None:
             self._red(entry, "check_failed", red, tip, commit, started)
             return None
@@ -447,6 +447,16 @@ class TaskLoop:
                          path="max_iterations")
 
     # ------------------------------------------------------------------ state
+    def _reset(self, repo: GitRepo, commit: str) -> None:
+        """The worktree back to exactly ``commit``, guarded like a pooled one (a check or the
+        harness ran code in it); a worktree that cannot be trusted ends the attempt, and the
+        next one resumes in a fresh worktree."""
+        problem = repo.worktree_reset(self.worktree, commit)
+        if problem is not None:
+            raise Retry(ErrorInfo(code=Code.INTERNAL_ERROR, message=f"the task's worktree "
+                                  f"could not be reset ({problem}); the task resumes in a "
+                                  "fresh one"), delay_s=0)
+
     def _restore(self, repo: GitRepo, tip: str, last: TaskIteration) -> str | None:
         """Resuming: put the last iteration's files in the fresh worktree. Returns the commit
         they are now (on ``tip``), or None when they could not be brought back."""
@@ -455,7 +465,7 @@ class TaskLoop:
         if last.commit is None or last.onto is None or repo.resolve(last.commit) is None:
             return None
         if last.onto == tip:
-            repo.reset_worktree(self.worktree, last.commit)
+            self._reset(repo, last.commit)
             return last.commit
         if repo.carry(self.worktree, last.onto, last.commit):
             return repo.snapshot(self.worktree, tip, self._message(last.number),
