@@ -7,9 +7,43 @@ file that a rename made visible survives a crash (kill -9 or power loss).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+_exclusive_guard = threading.Lock()
+_exclusive_locks: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold the lock file ``path`` alone: first among this process's threads (a mutex per
+    path), then among processes (an flock, which the kernel drops if the process dies)."""
+    key = str(path)
+    with _exclusive_guard:
+        lock = _exclusive_locks.setdefault(key, threading.Lock())
+    with lock:
+        fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (possibly another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def fsync_dir(path: Path) -> None:

@@ -17,11 +17,8 @@ Every mode finds a land that a crash interrupted before its acknowledgement by t
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,15 +27,13 @@ from typing import Protocol
 from hyperion.app import App
 from hyperion.config import RepoConfig
 from hyperion.errors import Code, ErrorInfo
-from hyperion.fsutil import write_atomic
+from hyperion.fsutil import exclusive, write_atomic
 from hyperion.gitops import GitRepo
 from hyperion.outcome import Failed, Retry
 from hyperion.records import Record
 
 log = logging.getLogger("hyperion.landing")
 
-_land_locks: dict[str, threading.Lock] = {}
-_land_locks_guard = threading.Lock()
 
 
 class Lander(Protocol):
@@ -193,15 +188,8 @@ class PushLander:
 @contextmanager
 def land_lock(app: App, repo_name: str) -> Iterator[None]:
     """One land at a time per repository, across threads and processes."""
-    with _land_locks_guard:
-        lock = _land_locks.setdefault(repo_name, threading.Lock())
-    with lock:
-        fd = os.open(app.locks_dir() / f"land-{repo_name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    with exclusive(app.locks_dir() / f"land-{repo_name}.lock"):
+        yield
 
 
 def intent_path(app: App, repo_name: str) -> Path:

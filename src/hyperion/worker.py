@@ -28,6 +28,7 @@ from hyperion.app import App
 from hyperion.apply import ApplyConflict, apply_patch, render_report
 from hyperion.batch import run_batch
 from hyperion.errors import Code, ErrorInfo
+from hyperion.fsutil import pid_alive
 from hyperion.gate.review import tree_refusal
 from hyperion.gitops import GitError, GitRepo
 from hyperion.intake.dependencies import settle_dependents
@@ -104,7 +105,7 @@ def prune_worktrees(app: App) -> int:
     removed = 0
     for entry in root.iterdir():
         parts = entry.name.split("~")
-        if len(parts) != 3 or not parts[1].isdigit() or _alive(int(parts[1])):
+        if len(parts) != 3 or not parts[1].isdigit() or pid_alive(int(parts[1])):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed += 1
@@ -117,16 +118,6 @@ def prune_worktrees(app: App) -> int:
         except GitError as exc:
             log.warning("cannot prune worktrees of %s: %s", repo.path, exc)
     return removed + WorktreePool(root, app.locks_dir()).prune(repos)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def unexpected(exc: Exception, record_id: str) -> ErrorInfo:

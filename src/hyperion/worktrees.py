@@ -18,16 +18,15 @@ process is gone and that git left locked as "initializing" are removed.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
 import shutil
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hyperion.fsutil import exclusive, pid_alive
 from hyperion.gitops import GitRepo
 
 log = logging.getLogger("hyperion.worker")
@@ -36,23 +35,11 @@ _ADD_IN_PROGRESS = "initializing"     # what git writes to <entry>/locked during
 # git names an entry after the worktree's folder, '~' made '-', a number added on a clash.
 _ENTRY_RE = re.compile(r".+-(\d{1,10})-[0-9a-f]{6}\d*")
 
-_guard = threading.Lock()
-_thread_locks: dict[str, threading.Lock] = {}
-
-
 @contextmanager
 def worktree_lock(locks_dir: Path, repo_name: str) -> Iterator[None]:
     """Hold the worktree lock of ``repo_name`` (threads of this process, then processes)."""
-    path = str(locks_dir / f"worktrees-{repo_name}.lock")
-    with _guard:
-        lock = _thread_locks.setdefault(path, threading.Lock())
-    with lock:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    with exclusive(locks_dir / f"worktrees-{repo_name}.lock"):
+        yield
 
 
 def add_worktree(locks_dir: Path, repo_name: str, repo: GitRepo, path: Path,
@@ -91,7 +78,7 @@ def repair_interrupted_adds(git_dir: Path, worktrees_root: Path) -> int:
         except OSError:
             continue
         pid = _owner_pid(entry, name, root)
-        if pid is None or _alive(pid):
+        if pid is None or pid_alive(pid):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         log.warning("removed %s, the worktree entry of an add interrupted when process %d "
@@ -148,13 +135,3 @@ def _owner_pid(entry: Path, name: str, root: str) -> int | None:
     # Killed before the gitdir was written: only the entry's name says whose it is.
     match = _ENTRY_RE.fullmatch(name)
     return int(match.group(1)) if match else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
