@@ -61,6 +61,14 @@ def for_repo(app: App, name: str, config: RepoConfig, repo: GitRepo) -> Lander:
     return RefLander(app, name, repo)
 
 
+def _landed_since_applied(repo: GitRepo, record: Record, tip: str) -> str | None:
+    """The commit with ``record``'s trailer between the tip an earlier attempt applied onto
+    and ``tip``: what that attempt landed before a crash hid it."""
+    if record.applied_onto is None:
+        return None
+    return repo.find_landed(record.id, tip, since=record.applied_onto)
+
+
 def _moved(target: str) -> Retry:
     return Retry(ErrorInfo(code=Code.LAND_CONFLICT, message=f"{target} moved while the "
                            "change was being checked"), delay_s=0, race=True)
@@ -75,9 +83,7 @@ class RefLander:
         return self.repo.branch_commit(target)
 
     def already_landed(self, record: Record, tip: str) -> str | None:
-        if record.applied_onto is None:
-            return None
-        return self.repo.find_landed(record.id, tip, since=record.applied_onto)
+        return _landed_since_applied(self.repo, record, tip)
 
     def landed_ref(self, record: Record) -> str | None:
         return None
@@ -163,9 +169,7 @@ class PushLander:
         return self.repo.fetch_branch(self.remote, target, self._tracking(target))
 
     def already_landed(self, record: Record, tip: str) -> str | None:
-        if record.applied_onto is None:
-            return None
-        return self.repo.find_landed(record.id, tip, since=record.applied_onto)
+        return _landed_since_applied(self.repo, record, tip)
 
     def landed_ref(self, record: Record) -> str | None:
         return None

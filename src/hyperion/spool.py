@@ -197,6 +197,7 @@ from typing import Any
 
 from hyperion import spool_journal
 from hyperion.fsutil import fsync_dir, write_atomic
+from hyperion.groupcommit import GroupCommit
 
 log = logging.getLogger("hyperion.spool")
 
@@ -546,53 +547,31 @@ def _close_fd(box: list[int]) -> None:
 
 
 class _DirSync:
-    """Group commit of one directory's fsync among the threads of this process.
-
-    ``sync()`` returns once a directory fsync that started after the call began has completed:
-    every rename or link the caller made in the directory before calling is then durable. While
-    one thread (the leader) fsyncs, the threads that call meanwhile wait, and one of them then
-    fsyncs once for all of them.
-    """
+    """Group commit (groupcommit.py) of one directory's fsync among the threads of this
+    process: ``sync()`` returns once every rename or link the caller made in the directory
+    before calling is durable."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = [-1]           # the directory, opened once (a forked child inherits it)
-        self.reset()
+        self._group = GroupCommit(self._fsync)
         weakref.finalize(self, _close_fd, self._fd)
 
     def reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._issued = 0          # tickets handed out, one per sync() call
-        self._durable = 0         # every ticket up to this one is covered by a finished fsync
-        self._busy = False
-        self.fsyncs = 0           # how many fsyncs it made (for tests and the benchmark)
+        self._group.reset()
+
+    @property
+    def fsyncs(self) -> int:
+        """How many fsyncs it made (for tests and the benchmark)."""
+        return self._group.flushes
 
     def sync(self) -> None:
-        cond = self._cond
-        with cond:
-            self._issued += 1
-            ticket = self._issued
-            while self._durable < ticket:
-                if self._busy:
-                    cond.wait()
-                    continue
-                self._busy = True
-                covers = self._issued       # every change made before this point
-                done = False
-                cond.release()
-                try:
-                    if self._fd[0] < 0:
-                        self._fd[0] = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY
-                                              | os.O_CLOEXEC)
-                    os.fsync(self._fd[0])
-                    done = True
-                finally:
-                    cond.acquire()
-                    self._busy = False
-                    if done:
-                        self._durable = max(self._durable, covers)
-                        self.fsyncs += 1
-                    cond.notify_all()
+        self._group.sync()
+
+    def _fsync(self) -> None:
+        if self._fd[0] < 0:
+            self._fd[0] = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.fsync(self._fd[0])
 
 
 class _View:

@@ -54,6 +54,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hyperion.groupcommit import GroupCommit
+
 log = logging.getLogger("hyperion.spool")
 
 MAGIC = b"HSJ1"
@@ -149,44 +151,24 @@ def syncfs(path: str) -> None:
 
 
 class _Segment:
-    """One open, preallocated segment and the group commit of its fdatasync."""
+    """One open, preallocated segment and the group commit (groupcommit.py) of its
+    fdatasync."""
 
     def __init__(self, path: str, fd: int, capacity: int) -> None:
         self.path = path
         self.fd = fd
         self.capacity = capacity
         self.offset = 0
-        self._cond = threading.Condition(threading.Lock())
-        self._issued = 0
-        self._durable = 0
-        self._busy = False
-        self.fdatasyncs = 0
+        self._group = GroupCommit(lambda: os.fdatasync(self.fd))
         weakref.finalize(self, _close_quietly, fd)
+
+    @property
+    def fdatasyncs(self) -> int:
+        return self._group.flushes
 
     def sync(self) -> None:
         """Return once an fdatasync that began after this call began has completed."""
-        cond = self._cond
-        with cond:
-            self._issued += 1
-            ticket = self._issued
-            while self._durable < ticket:
-                if self._busy:
-                    cond.wait()
-                    continue
-                self._busy = True
-                covers = self._issued
-                done = False
-                cond.release()
-                try:
-                    os.fdatasync(self.fd)
-                    done = True
-                finally:
-                    cond.acquire()
-                    self._busy = False
-                    if done:
-                        self._durable = max(self._durable, covers)
-                        self.fdatasyncs += 1
-                    cond.notify_all()
+        self._group.sync()
 
 
 def _close_quietly(fd: int) -> None:
