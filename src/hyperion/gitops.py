@@ -403,22 +403,11 @@ class GitRepo:
         return True
 
     # -- landing
-    def compare_and_swap(self, branch: str, new: str, old: str, reason: str) -> bool:
-        proc = git(["update-ref", "-m", reason, f"refs/heads/{branch}", new, old],
-                   cwd=self.git_dir, check=False)
-        return proc.returncode == 0
-
     def carries_request(self, commit: str, request_id: str) -> bool:
         """Whether ``commit``'s message has this request's trailer."""
         out = _out(["log", "-1", f"--format=%(trailers:key={TRAILER},valueonly)", commit, "--"],
                    cwd=self.git_dir)
         return request_id in out.split()
-
-    def create_branch(self, branch: str, commit: str, reason: str) -> bool:
-        """Create ``branch`` at ``commit``; False if it exists already."""
-        proc = git(["update-ref", "-m", reason, f"refs/heads/{branch}", commit, ""],
-                   cwd=self.git_dir, check=False)
-        return proc.returncode == 0
 
     def force_ref(self, ref: str, commit: str) -> None:
         """Point ``ref`` at ``commit`` whatever it was (hyperion's own tracking refs)."""
@@ -538,7 +527,7 @@ class GitRepo:
         return None
 
     # -- results as notes
-    def _ref_value(self, ref: str) -> str | None:
+    def ref_value(self, ref: str) -> str | None:
         proc = git(["rev-parse", "--verify", "--quiet", "--end-of-options", ref],
                    cwd=self.git_dir, check=False)
         return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
@@ -557,7 +546,7 @@ class GitRepo:
         env = {"GIT_AUTHOR_NAME": COMMITTER[0], "GIT_AUTHOR_EMAIL": COMMITTER[1],
                "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
         for _ in range(NOTE_ATTEMPTS):
-            old = self._ref_value(ref)
+            old = self.ref_value(ref)
             path, have = flat, []
             if old is not None:
                 out = _out(["ls-tree", "-r", "--full-tree", old, "--", *paths], cwd=self.git_dir)
@@ -583,9 +572,7 @@ class GitRepo:
             parents = ["-p", old] if old is not None else []
             new = git(["commit-tree", tree, *parents, "-m", reason], cwd=self.git_dir,
                       env=env).stdout.decode().strip()
-            proc = git(["update-ref", "-m", reason, ref, new, old or ZERO_OID],
-                       cwd=self.git_dir, check=False)
-            if proc.returncode == 0:
+            if self.set_ref(ref, new, old, reason):
                 return True
         raise GitError(["update-ref", ref], 1, f"{ref} kept moving: gave up after "
                        f"{NOTE_ATTEMPTS} attempts to add a note")
@@ -618,9 +605,6 @@ class GitRepo:
         out = _out(["for-each-ref", "--format=%(refname) %(objectname)", prefix],
                    cwd=self.git_dir)
         return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
-
-    def ref_value(self, ref: str) -> str | None:
-        return self._ref_value(ref)
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         return git(["merge-base", "--is-ancestor", ancestor, descendant], cwd=self.git_dir,

@@ -96,7 +96,7 @@ class RefLander:
             checkout = repo.checkout()
             if checkout is None or checkout.branch != target:
                 # The compare-and-swap is the check that the target is still at the tip.
-                if not repo.compare_and_swap(target, commit, tip, reason):
+                if not repo.set_ref(f"refs/heads/{target}", commit, tip, reason):
                     raise _moved(target)
                 return
             # The target is checked out: behave like receive.denyCurrentBranch=updateInstead.
@@ -119,7 +119,7 @@ class RefLander:
                 raise Failed(Code.LAND_CONFLICT, f"{target} is checked out in {top} and updating "
                              f"it would lose local files ({refused.splitlines()[0][:200]}); "
                              "hyperion left it alone")
-            if not repo.compare_and_swap(target, commit, tip, reason):
+            if not repo.set_ref(f"refs/heads/{target}", commit, tip, reason):
                 repo.move_checkout(top, commit, tip)
                 intent.unlink(missing_ok=True)
                 raise _moved(target)
@@ -149,7 +149,8 @@ class BranchLander:
 
     def land(self, record: Record, target: str, commit: str, tip: str) -> None:
         branch = self._branch(record)
-        if self.repo.create_branch(branch, commit, f"hyperion: {record.id} for review"):
+        if self.repo.set_ref(f"refs/heads/{branch}", commit, None,
+                             f"hyperion: {record.id} for review"):
             return
         if self.already_landed(record, tip) is None:
             raise Failed(Code.LAND_CONFLICT, f"the branch {branch} already exists and is not "
