@@ -131,15 +131,20 @@ def test_second_request_is_checked_on_top_of_the_first(setup: Setup) -> None:
 
 
 def test_pool_reuses_a_worktree_and_cleans_what_a_check_left(setup: Setup) -> None:
-    # The check dirties its worktree: a tracked file, an untracked one, an ignored one.
-    use_check(setup, "import pathlib\n"
+    # The check first asserts that it starts in a pristine worktree, then dirties it: a
+    # tracked file, an untracked one, an ignored-style build folder, an empty folder (which
+    # git status never shows), and a staged change.
+    use_check(setup, "import pathlib, subprocess\n"
+              "assert pathlib.Path('docs/readme.txt').read_text() == 'hello\\n'\n"
+              "for left in ('junk-from-before.txt', 'build', 'empty', 'staged.txt'):\n"
+              "    assert not pathlib.Path(left).exists(), left\n"
               "pathlib.Path('docs/readme.txt').write_text('scribbled')\n"
-              "pathlib.Path('junk.txt').write_text('junk')\n"
-              "pathlib.Path('.gitignore').exists() or None\n"
-              "pathlib.Path('build').mkdir(exist_ok=True)\n"
+              "pathlib.Path('build').mkdir()\n"
               "pathlib.Path('build/out.o').write_text('x')\n"
-              "assert not pathlib.Path('junk-from-before.txt').exists()\n"
-              "pathlib.Path('junk.txt').rename('junk-from-before.txt')\n")
+              "pathlib.Path('empty').mkdir()\n"
+              "pathlib.Path('junk-from-before.txt').write_text('junk')\n"
+              "pathlib.Path('staged.txt').write_text('staged')\n"
+              "subprocess.run(['git', 'add', 'staged.txt'], check=True)\n")
     setup.config.write_text(setup.config.read_text().replace("workers: 2", "workers: 1"))
     for n in range(3):
         setup.drop(f"{n}.json", setup.request(f"pool-{n}", {f"file{n}.txt": f"{n}\n"},
@@ -151,6 +156,21 @@ def test_pool_reuses_a_worktree_and_cleans_what_a_check_left(setup: Setup) -> No
                    if not p.name.endswith(".lock"))
     assert slots == ["w0"]
     assert git(setup.repo, "show", "main:docs/readme.txt") == "hello\n"
+
+
+def test_pool_removes_empty_folders_a_check_left(setup: Setup) -> None:
+    # git status never shows an empty folder, so a slot that only has empty folders left
+    # passes the status guard: the clean that runs before it must remove them, or the next
+    # check's `mkdir out` fails on what an earlier request left.
+    use_check(setup, "import pathlib\n"
+              "pathlib.Path('out').mkdir()\n"
+              "pathlib.Path('nested/empty').mkdir(parents=True)\n")
+    setup.config.write_text(setup.config.read_text().replace("workers: 2", "workers: 1"))
+    for n in range(3):
+        setup.drop(f"{n}.json", setup.request(f"clean-{n}", {f"file{n}.txt": f"{n}\n"},
+                                              depends_on=[f"clean-{n - 1}"] if n else []))
+    assert setup.cli("run", "--once").returncode == 0
+    assert [setup.record(f"clean-{n}")["state"] for n in range(3)] == ["landed"] * 3
 
 
 def test_pool_replaces_a_worktree_whose_git_link_a_check_rewrote(setup: Setup) -> None:

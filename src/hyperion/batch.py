@@ -92,7 +92,7 @@ class Batch:
                     self.fail(m, ErrorInfo(code=Code.LAND_CONFLICT, message=f"the repo "
                                            f"{first.repo!r} is no longer configured"))
                 return
-            repo = GitRepo(repo_config.path)
+            repo = GitRepo.at(repo_config.path)
             lander = landing.for_repo(self.app, first.repo, repo_config, repo)
             pending = list(self.members)
             while pending:

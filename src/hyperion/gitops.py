@@ -11,9 +11,12 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from hyperion.gitread import TreeReader
 
 SAFE_CONFIG = (
     "-c", "core.hooksPath=/dev/null",
@@ -40,7 +43,10 @@ class GitError(Exception):
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0"})
+    # No replace refs: hyperion lands and checks the objects as stored, and its in-process
+    # reader (gitread) sees them the same way.
+    env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0",
+                "GIT_NO_REPLACE_OBJECTS": "1"})
     if extra:
         env.update(extra)
     return env
@@ -115,7 +121,26 @@ class CommitOrigin:
     message: str
 
 
+_OPEN: dict[str, GitRepo] = {}
+_OPEN_LOCK = threading.Lock()
+
+
 class GitRepo:
+    @classmethod
+    def at(cls, path: Path) -> GitRepo:
+        """The repository at ``path``, opened once per process: opening asks git where its
+        folder is (a process), and the in-process reader keeps its caches across requests.
+        Opened again when that folder no longer holds a repository (deleted, re-created)."""
+        key = os.path.abspath(path)
+        with _OPEN_LOCK:
+            repo = _OPEN.get(key)
+        if repo is not None and (repo.git_dir / "HEAD").is_file():
+            return repo
+        repo = cls(path)
+        with _OPEN_LOCK:
+            _OPEN[key] = repo
+        return repo
+
     def __init__(self, path: Path, *, objects_env: dict[str, str] | None = None) -> None:
         """``objects_env``: GIT_OBJECT_DIRECTORY / GIT_ALTERNATE_OBJECT_DIRECTORIES to read
         through, deliberately passed on (a pre-receive hook reads pushed objects from the
@@ -128,6 +153,9 @@ class GitRepo:
         git_dir, bare = out.splitlines()
         self.git_dir = Path(git_dir)
         self.bare = bare == "true"
+        # Reads through a quarantine folder stay with git (gitread reads the repository's own
+        # objects only).
+        self._reader = None if self.objects_env else TreeReader(self.git_dir)
 
     # -- reading
     def resolve(self, rev: str) -> str | None:
@@ -136,13 +164,19 @@ class GitRepo:
         return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
     def branch_commit(self, branch: str) -> str | None:
-        return self.resolve(f"refs/heads/{branch}")
+        ref = f"refs/heads/{branch}"
+        found = self._reader.commit_of_ref(ref) if self._reader is not None else None
+        return found if found is not None else self.resolve(ref)
 
     def tree_entries(self, commit: str, paths: Sequence[str]) -> dict[str, str]:
         """The mode (``100644``, ``120000`` symlink, ``160000`` gitlink, ``040000`` folder...)
         of each of ``paths`` that exists in ``commit``'s tree. Only these paths are listed, not
         the whole tree; a path below a symlink or gitlink is not listed (ask for its folders).
         """
+        if self._reader is not None:
+            modes = self._reader.modes(commit, sorted(set(paths)))
+            if modes is not None:
+                return modes
         found: dict[str, str] = {}
         wanted = set(paths)
         batch: list[str] = []
@@ -172,6 +206,10 @@ class GitRepo:
     def read_blob(self, commit: str, path: str, max_bytes: int) -> bytes | None:
         """The content of the file ``path`` in ``commit``; None when it is not a file there.
         ValueError when it is larger than ``max_bytes``."""
+        if self._reader is not None:
+            answered, data = self._reader.blob(commit, path, max_bytes)
+            if answered:
+                return data
         spec = f"{commit}:{path}"
         proc = git(["cat-file", "-t", spec], cwd=self.git_dir, check=False)
         if proc.returncode != 0 or proc.stdout.strip() != b"blob":
@@ -221,13 +259,31 @@ class GitRepo:
         reason = self.worktree_link_problem(path)
         if reason is not None:
             return reason
+        # The usual slot is already at ``commit`` (the request before landed it there) with
+        # only what its checks left over: then clean + status suffice, and the checkout (the
+        # costliest of the three) is skipped. Tracked files a check changed, or another
+        # commit, take the checkout.
+        proc = git(["clean", "-ffdxq"], cwd=path, check=False)
+        if proc.returncode != 0:
+            return f"git clean failed: {proc.stderr.decode(errors='replace')[:200]}"
+        problem = self._left_over(path, commit)
+        if problem is None:
+            return self._index_flags_problem(path)
         for args in (["checkout", "--force", "--detach", commit],
                      ["clean", "-ffdxq"]):
             proc = git(args, cwd=path, check=False)
             if proc.returncode != 0:
                 return f"git {args[0]} failed: {proc.stderr.decode(errors='replace')[:200]}"
-        # One status answers both questions: where HEAD is (the `# branch.oid` header) and
-        # whether anything is left (any line that is not a `# ` header).
+        problem = self._left_over(path, commit)
+        if problem is not None:
+            return problem
+        return self._index_flags_problem(path)
+
+    @staticmethod
+    def _left_over(path: Path, commit: str) -> str | None:
+        """Why the worktree is not exactly ``commit``: HEAD elsewhere, or anything modified,
+        staged, untracked or ignored. One status answers both (the ``# branch.oid`` header,
+        and any line that is not a ``# `` header)."""
         status = git(["status", "--porcelain=v2", "--branch", "-z", "--ignored",
                       "--untracked-files=all"], cwd=path, check=False)
         if status.returncode != 0:
@@ -239,7 +295,7 @@ class GitRepo:
             return "HEAD is not the wanted commit after checkout"
         if any(not e.startswith(b"# ") for e in entries):
             return "files remain modified or untracked after the reset"
-        return self._index_flags_problem(path)
+        return None
 
     @staticmethod
     def _index_flags_problem(path: Path) -> str | None:

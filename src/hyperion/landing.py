@@ -234,4 +234,4 @@ def recover_checkouts(app: App) -> None:
         if not intent_path(app, name).exists():
             continue
         with land_lock(app, name):
-            recover_checkout(app, name, GitRepo(config.path))
+            recover_checkout(app, name, GitRepo.at(config.path))

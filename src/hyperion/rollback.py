@@ -48,7 +48,7 @@ def rollback_request(app: App, record_id: str, *, by: str, reason: str) -> tuple
     if repo_config is None:
         raise RollbackRefused(f"the repo {original.repo!r} is no longer configured")
     rollback_id = _free_id(app, record_id)
-    repo = GitRepo(repo_config.path)
+    repo = GitRepo.at(repo_config.path)
     commit = original.landed_commit
     patch = repo.diff(commit, f"{commit}^").decode("utf-8", errors="surrogateescape")
     if not patch.strip():

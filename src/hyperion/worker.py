@@ -112,7 +112,7 @@ def prune_worktrees(app: App) -> int:
     repos: dict[str, GitRepo] = {}
     for name, repo in app.config.repos.items():
         try:
-            repos[name] = GitRepo(repo.path)
+            repos[name] = GitRepo.at(repo.path)
             # Also repairs an add that a killed process left half done (it wedges git).
             worktrees.prune(app.locks_dir(), name, repos[name], root)
         except GitError as exc:
@@ -283,7 +283,7 @@ class Worker:
         repo_config = self.app.config.repos.get(record.repo)
         if repo_config is None:
             raise Failed(Code.LAND_CONFLICT, f"the repo {record.repo!r} is no longer configured")
-        repo = GitRepo(repo_config.path)
+        repo = GitRepo.at(repo_config.path)
         target = record.target
         lander = landing.for_repo(self.app, record.repo, repo_config, repo)
         with ExitStack() as stack:

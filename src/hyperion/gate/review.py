@@ -118,7 +118,7 @@ def policy_for_record(config: Config, policy: Policy, record: Record) -> Policy:
             or config.repos[record.repo].policy_from_target is None:
         return policy
     try:
-        repo: GitRepo | None = GitRepo(config.repos[record.repo].path)
+        repo: GitRepo | None = GitRepo.at(config.repos[record.repo].path)
     except GitError:
         repo = None
     tip = repo.branch_commit(record.target) if repo is not None else None
@@ -136,7 +136,7 @@ def review(config: Config, policy: Policy, request: Request, obj: dict[str, Any]
     repo_config = config.repos[name]
     target = request.target or repo_config.target
     try:
-        repo: GitRepo | None = GitRepo(repo_config.path)
+        repo: GitRepo | None = GitRepo.at(repo_config.path)
     except GitError:
         repo = None   # the worker reports a missing repository; nothing here to check against
     tip = repo.branch_commit(target) if repo is not None else None

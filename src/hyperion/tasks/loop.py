@@ -219,7 +219,7 @@ class TaskLoop:
         repo_config = self.app.config.repos.get(record.repo)
         if repo_config is None:
             raise Failed(Code.LAND_CONFLICT, f"the repo {record.repo!r} is no longer configured")
-        repo = GitRepo(repo_config.path)
+        repo = GitRepo.at(repo_config.path)
         self.lander = landing.for_repo(self.app, record.repo, repo_config, repo)
         tip = self.lander.tip(record.target)
         if tip is None:
