@@ -980,3 +980,58 @@ class SpoolMachine(RuleBasedStateMachine):
 SpoolMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=40,
                                           deadline=None)
 TestSpoolModel = SpoolMachine.TestCase
+
+
+# ---------------------------------------------------------------- waking an idle consumer
+def _waiter(spool: Spool, seen: int, timeout_s: float) -> tuple[threading.Thread, list[float]]:
+    returned: list[float] = []
+
+    def wait() -> None:
+        spool.wait_for_work(seen, timeout_s)
+        returned.append(time.monotonic())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread, returned
+
+
+def test_a_put_in_this_process_wakes_an_idle_consumer(spool: Spool) -> None:
+    assert spool.lease("w") is None
+    seen = spool.additions()
+    thread, returned = _waiter(spool, seen, timeout_s=120)
+    time.sleep(0.1)
+    assert not returned                       # nothing happened: still waiting
+    spool.put("a", b"x")
+    thread.join(60)
+    assert returned and not thread.is_alive()  # woken by the put, long before its timeout
+    assert spool.lease("w") is not None
+
+
+def test_an_addition_between_the_empty_lease_and_the_wait_is_not_missed(spool: Spool) -> None:
+    seen = spool.additions()
+    assert spool.lease("w") is None
+    spool.put("a", b"x")                      # lands before the consumer starts waiting
+    started = time.monotonic()
+    spool.wait_for_work(seen, 120)
+    assert time.monotonic() - started < 60
+
+
+def test_another_process_put_wakes_an_idle_consumer(spool: Spool) -> None:
+    assert spool.lease("w") is None           # the view has listed queued/
+    thread, returned = _waiter(spool, spool.additions(), timeout_s=120)
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                    "from hyperion.spool import Spool; Spool(Path(sys.argv[1])).put('b', b'y')",
+                    str(spool.root)], check=True)
+    thread.join(60)
+    assert returned and not thread.is_alive()
+    lease = spool.lease("w")
+    assert lease is not None and lease.id == "b"
+
+
+def test_waiting_without_additions_lasts_its_timeout(spool: Spool) -> None:
+    assert spool.lease("w") is None
+    spool.put("later", b"x", not_before=time.time() + 3600)   # not ready: no reason to wake
+    assert spool.lease("w") is None
+    started = time.monotonic()
+    spool.wait_for_work(spool.additions(), 0.3)
+    assert time.monotonic() - started >= 0.25

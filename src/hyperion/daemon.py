@@ -243,6 +243,7 @@ class Daemon:
 
     def _work(self, worker: Worker) -> None:
         while not self.stop.is_set():
+            seen = self.app.spool.additions()
             try:
                 busy = worker.run_one(on_lease=lambda id: self._busy.__setitem__(worker.name,
                                                                                   id))
@@ -251,7 +252,9 @@ class Daemon:
                 busy = False
             self._busy[worker.name] = None
             if not busy:
-                self.stop.wait(IDLE_POLL_S)
+                # Woken at once by an item this process queues (the intake thread, a retry),
+                # within 50 ms by another process's (`hyperion submit`).
+                self.app.spool.wait_for_work(seen, IDLE_POLL_S)
 
     def _deliver(self) -> None:
         """The outbox's delivery thread: landing never waits for a notification."""

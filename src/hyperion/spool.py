@@ -58,6 +58,11 @@ The contract
 ``cancel(item_id, reason) -> bool``
     Moves a queued item (waiting or ready, not leased) to ``dead/`` with
     ``last_error`` = "cancelled: <reason>". False when the item is not queued.
+``additions() -> int`` and ``wait_for_work(seen, timeout_s)``
+    For an idle consumer: take ``seen = additions()`` before a lease that finds nothing, then
+    ``wait_for_work(seen, timeout_s)`` returns as soon as this process added an item since
+    (put, retry, requeue, sweep), within ``OTHERS_POLL_S`` (50 ms) of another process's
+    addition, or after ``timeout_s``. A hint only: the next lease decides what is ready.
 ``counts()``, ``state_of(item_id)``, ``next_ready_at()``
     Read-only views; ``counts`` is a snapshot and may be off by one item in motion.
     ``state_of`` is exact (None for an unknown or pruned id).
@@ -208,6 +213,7 @@ DEFAULT_ORPHAN_GRACE_S = 10.0
 TMP_MAX_AGE_S = 3600.0
 VIEW_MAX_AGE_S = 1.0
 RESCAN_S = 30.0
+OTHERS_POLL_S = 0.05
 CLAIM_TTL_S = 600.0
 MAX_ERROR_CHARS = 8000
 PRUNE_BATCH = 256
@@ -592,6 +598,8 @@ class _View:
 
     def reset(self) -> None:
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.additions = 0                                  # by this process, ever
         self.listing = threading.Lock()
         self.ready: list[str] = []                          # queue names
         self.waiting: list[tuple[int, str]] = []            # (ready ms, queue name)
@@ -613,6 +621,22 @@ class _View:
             except OSError as exc:                 # only a hint for other processes
                 log.warning("cannot count an addition in %s: %s", self.adds, exc)
             self._push(name, ready_ms)
+            self.additions += 1
+            self.changed.notify_all()
+
+    def wait(self, seen: int, timeout_s: float) -> None:
+        """Until this process's additions differ from ``seen``, another process added an
+        item (the counter file grew; checked every OTHERS_POLL_S), or ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self.lock:
+            while self.additions == seen:
+                if self.listed_at is not None and \
+                        self._adds_size() != self.adds_base + self.own_adds:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.changed.wait(min(left, OTHERS_POLL_S))
 
     def forget(self, name: str) -> None:
         with self.lock:
@@ -1096,6 +1120,15 @@ class Spool:
         _check_id(item_id)
         with self._key_lock(item_id):
             return self._locate(item_id)
+
+    def additions(self) -> int:
+        """How many items this process added to queued/ so far (see wait_for_work)."""
+        return self._view.additions
+
+    def wait_for_work(self, seen: int, timeout_s: float) -> None:
+        """Block until an item may have become ready since ``seen = additions()`` was taken,
+        or ``timeout_s`` passed."""
+        self._view.wait(seen, timeout_s)
 
     def next_ready_at(self) -> float | None:
         ready = [entry.ready_at for raw in self._names(self.queued)
