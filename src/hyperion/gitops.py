@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperion.gitread import TreeReader
+from hyperion.gitinproc import InProcessGit
 
 SAFE_CONFIG = (
     "-c", "core.hooksPath=/dev/null",
@@ -44,7 +44,7 @@ class GitError(Exception):
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     # No replace refs: hyperion lands and checks the objects as stored, and its in-process
-    # reader (gitread) sees them the same way.
+    # reader (gitinproc) sees them the same way.
     env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0",
                 "GIT_NO_REPLACE_OBJECTS": "1"})
     if extra:
@@ -121,6 +121,30 @@ class CommitOrigin:
     message: str
 
 
+def _move_detached_head(worktree: Path, old: str, new: str) -> bool:
+    """Move a pool worktree's detached HEAD from ``old`` to ``new`` as update-ref would (a
+    lock file renamed over HEAD), without its process; False when HEAD is not ``old`` or
+    is locked, for git to decide. The slot's HEAD reflog is not kept: nobody reads it."""
+    try:
+        link = (worktree / ".git").read_text()
+        if not link.startswith("gitdir: "):
+            return False
+        admin = Path(link[len("gitdir: "):].strip())
+        head = admin / "HEAD"
+        if head.read_text().strip() != old:
+            return False
+        lock = admin / "HEAD.lock"
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError:
+        return False
+    try:
+        os.write(fd, f"{new}\n".encode())
+    finally:
+        os.close(fd)
+    os.replace(lock, head)
+    return True
+
+
 _OPEN: dict[str, GitRepo] = {}
 _OPEN_LOCK = threading.Lock()
 
@@ -153,9 +177,9 @@ class GitRepo:
         git_dir, bare = out.splitlines()
         self.git_dir = Path(git_dir)
         self.bare = bare == "true"
-        # Reads through a quarantine folder stay with git (gitread reads the repository's own
+        # Reads through a quarantine folder stay with git (gitinproc uses the repository's own
         # objects only).
-        self._reader = None if self.objects_env else TreeReader(self.git_dir)
+        self._inproc = None if self.objects_env else InProcessGit(self.git_dir)
 
     # -- reading
     def resolve(self, rev: str) -> str | None:
@@ -165,7 +189,7 @@ class GitRepo:
 
     def branch_commit(self, branch: str) -> str | None:
         ref = f"refs/heads/{branch}"
-        found = self._reader.commit_of_ref(ref) if self._reader is not None else None
+        found = self._inproc.commit_of_ref(ref) if self._inproc is not None else None
         return found if found is not None else self.resolve(ref)
 
     def tree_entries(self, commit: str, paths: Sequence[str]) -> dict[str, str]:
@@ -173,8 +197,8 @@ class GitRepo:
         of each of ``paths`` that exists in ``commit``'s tree. Only these paths are listed, not
         the whole tree; a path below a symlink or gitlink is not listed (ask for its folders).
         """
-        if self._reader is not None:
-            modes = self._reader.modes(commit, sorted(set(paths)))
+        if self._inproc is not None:
+            modes = self._inproc.modes(commit, sorted(set(paths)))
             if modes is not None:
                 return modes
         found: dict[str, str] = {}
@@ -206,8 +230,8 @@ class GitRepo:
     def read_blob(self, commit: str, path: str, max_bytes: int) -> bytes | None:
         """The content of the file ``path`` in ``commit``; None when it is not a file there.
         ValueError when it is larger than ``max_bytes``."""
-        if self._reader is not None:
-            answered, data = self._reader.blob(commit, path, max_bytes)
+        if self._inproc is not None:
+            answered, data = self._inproc.blob(commit, path, max_bytes)
             if answered:
                 return data
         spec = f"{commit}:{path}"
@@ -357,17 +381,13 @@ class GitRepo:
         # --index is atomic across files: all of the patch applies, or none of it.
         git(["apply", "--index", "--whitespace=nowarn", "-"], cwd=worktree, input=patch.encode())
 
-    @staticmethod
-    def commit(worktree: Path, parent: str, message: str, author: tuple[str, str],
+    def commit(self, worktree: Path, parent: str, message: str, author: tuple[str, str],
                author_date: str | None = None) -> str:
+        """Commit the worktree's index on ``parent`` (its HEAD); HEAD moves there."""
         tree = _out(["write-tree"], cwd=worktree)
-        env = {"GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1],
-               "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
-        if author_date is not None:
-            env["GIT_AUTHOR_DATE"] = author_date
-        sha = git(["commit-tree", tree, "-p", parent, "-F", "-"], cwd=worktree,
-                  input=message.encode(), env=env).stdout.decode().strip()
-        git(["update-ref", "--no-deref", "HEAD", sha], cwd=worktree)
+        sha = self.commit_tree(tree, parent, message, author, author_date)
+        if not _move_detached_head(worktree, parent, sha):
+            git(["update-ref", "--no-deref", "HEAD", sha], cwd=worktree)
         return sha
 
     # -- three-way fallback (no worktree needed)
@@ -383,10 +403,19 @@ class GitRepo:
                 return None, proc.stderr.decode(errors="replace").strip()
             return _out(["write-tree"], cwd=self.git_dir, env=env), ""
 
-    def commit_tree(self, tree: str, parent: str, message: str,
-                    author: tuple[str, str]) -> str:
+    def commit_tree(self, tree: str, parent: str, message: str, author: tuple[str, str],
+                    author_date: str | None = None) -> str:
+        """Write the commit of ``tree`` on ``parent`` (in-process when that gives what git
+        would write, else with git commit-tree)."""
+        if self._inproc is not None:
+            sha = self._inproc.write_commit(tree, parent, message, author, author_date,
+                                            COMMITTER)
+            if sha is not None:
+                return sha
         env = {"GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1],
                "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
+        if author_date is not None:
+            env["GIT_AUTHOR_DATE"] = author_date
         return git(["commit-tree", tree, "-p", parent, "-F", "-"], cwd=self.git_dir,
                    input=message.encode(), env=env).stdout.decode().strip()
 
@@ -426,12 +455,12 @@ class GitRepo:
         git(["read-tree", "-u", "-m", old, tree], cwd=worktree)
 
     # -- tasks: what a harness made in a worktree
-    @staticmethod
-    def snapshot(worktree: Path, parent: str, message: str, author: tuple[str, str]) -> str:
+    def snapshot(self, worktree: Path, parent: str, message: str,
+                 author: tuple[str, str]) -> str:
         """Commit the worktree's files as they are now on ``parent``: new, changed and deleted
         files, modes and symlinks (files .gitignore ignores are left out). HEAD moves there."""
         git(["add", "--all", "--", "."], cwd=worktree)
-        return GitRepo.commit(worktree, parent, message, author)
+        return self.commit(worktree, parent, message, author)
 
     def diff_text(self, old: str, new: str) -> str:
         """The git-style diff from commit ``old`` to ``new`` (renames, modes, binary content),

@@ -1,4 +1,4 @@
-"""The in-process reader (gitread) gives git's answers, or none: refs (loose, packed, symbolic,
+"""The in-process reader (gitinproc) gives git's answers, or none: refs (loose, packed, symbolic,
 moved by git after the reader cached them), tree modes and blobs at any path, objects in packs,
 and repositories it cannot read (then GitRepo asks git)."""
 
@@ -13,8 +13,8 @@ from conftest import git, make_repo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hyperion.gitinproc import InProcessGit
 from hyperion.gitops import GitRepo
-from hyperion.gitread import TreeReader
 
 FILES = {"a.txt": "a\n", "dir/b.txt": "b\n", "dir/sub/c.txt": "c\n", "x/y/z/d.txt": "d\n",
          "tool.sh": "#!/bin/sh\n"}
@@ -57,7 +57,7 @@ CANDIDATES = ["a.txt", "dir", "dir/b.txt", "dir/sub", "dir/sub/c.txt", "x", "x/y
 def test_tree_modes_are_what_git_ls_tree_lists(odd_repo: tuple[Path, str],
                                                paths: list[str]) -> None:
     repo, commit = odd_repo
-    reader = TreeReader(repo / ".git")
+    reader = InProcessGit(repo / ".git")
     try:
         # Asked one at a time: given "dir" and "dir/b.txt" together, ls-tree descends into
         # dir and leaves the folder itself out (a folder's mode decides nothing in the gate).
@@ -69,7 +69,7 @@ def test_tree_modes_are_what_git_ls_tree_lists(odd_repo: tuple[Path, str],
 
 def test_blobs_and_link_targets_match_git(odd_repo: tuple[Path, str]) -> None:
     repo, commit = odd_repo
-    reader = TreeReader(repo / ".git")
+    reader = InProcessGit(repo / ".git")
     try:
         assert reader.blob(commit, "dir/sub/c.txt", 100) == (True, b"c\n")
         assert reader.blob(commit, "link", 100) == (True, b"dir")
@@ -163,3 +163,73 @@ def test_one_gitrepo_per_path_until_the_repository_is_recreated(tmp_path: Path) 
     make_repo(repo, {"f": "1\n"}, bare=True)
     again = GitRepo.at(repo)
     assert again is not first and again.bare
+
+
+def _commit_fields(repo: Path, sha: str) -> tuple[list[str], str]:
+    raw = git(repo, "cat-file", "commit", sha)
+    header, _, message = raw.partition("\n\n")
+    return header.splitlines(), message
+
+
+def _without_date(line: str) -> str:
+    return line.rsplit(" ", 2)[0]
+
+
+@pytest.mark.parametrize("author, author_date", [
+    (("codex-7", "codex-7@agents.hyperion.invalid"), None),
+    (("Ada Lovelace", "ada@example.com"), "1700000000 +0530"),
+    (("bot.", "bot@example.com"), None),                 # git strips the dot: git writes it
+    ((" lead", "x@example.com"), "1700000000 -0000"),    # ditto, and a -0000 zone
+])
+def test_commits_written_in_process_are_the_ones_git_writes(
+        tmp_path: Path, author: tuple[str, str], author_date: str | None) -> None:
+    repo = make_repo(tmp_path / "r", {"f": "1\n"})
+    head = git(repo, "rev-parse", "HEAD").strip()
+    tree = git(repo, "rev-parse", "HEAD^{tree}").strip()
+    message = "Title\n\n# not a comment\ntrailing space \n\nHyperion-Request: r-1\n"
+    ours = GitRepo(repo).commit_tree(tree, head, message, author, author_date)
+    env_date = {"GIT_AUTHOR_DATE": author_date} if author_date else {}
+    theirs = subprocess.run(
+        ["git", "commit-tree", tree, "-p", head, "-F", "-"], cwd=repo, input=message,
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1],
+             "GIT_COMMITTER_NAME": "hyperion", "GIT_COMMITTER_EMAIL": "hyperion@localhost",
+             **env_date}).stdout.strip()
+    our_header, our_message = _commit_fields(repo, ours)
+    their_header, their_message = _commit_fields(repo, theirs)
+    assert our_message == their_message == message
+    assert [_without_date(h) for h in our_header] == [_without_date(h) for h in their_header]
+    if author_date is not None:
+        assert our_header[2] == their_header[2]            # the author line, date included
+    # The zone git writes for "now" is the local one; so is ours.
+    assert our_header[-1].rsplit(" ", 1)[1] == their_header[-1].rsplit(" ", 1)[1]
+    assert git(repo, "fsck", "--strict", "--no-dangling") == ""
+
+
+def test_a_configured_commit_encoding_is_left_to_git(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"f": "1\n"})
+    git(repo, "config", "i18n.commitEncoding", "ISO-8859-1")
+    head = git(repo, "rev-parse", "HEAD").strip()
+    tree = git(repo, "rev-parse", "HEAD^{tree}").strip()
+    sha = GitRepo(repo).commit_tree(tree, head, "m\n", ("a", "a@example.com"))
+    assert "encoding ISO-8859-1" in _commit_fields(repo, sha)[0]
+
+
+def test_commit_in_a_worktree_moves_its_detached_head(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"f": "1\n"})
+    head = git(repo, "rev-parse", "HEAD").strip()
+    slot = tmp_path / "slot"
+    git(repo, "worktree", "add", "-q", "--detach", str(slot), head)
+    (slot / "f").write_text("2\n")
+    git(slot, "add", "f")
+    gitrepo = GitRepo(repo)
+    sha = gitrepo.commit(slot, head, "two\n", ("a", "a@example.com"))
+    assert git(slot, "rev-parse", "HEAD").strip() == sha
+    assert git(slot, "status", "--porcelain") == ""
+    assert git(repo, "rev-parse", "main").strip() == head     # only the slot moved
+    assert git(slot, "show", "-s", "--format=%P", "HEAD").strip() == head
+    # A HEAD that is not where the caller says is left to git (update-ref, unconditional).
+    (slot / "f").write_text("3\n")
+    git(slot, "add", "f")
+    third = gitrepo.commit(slot, head, "three\n", ("a", "a@example.com"))
+    assert git(slot, "rev-parse", "HEAD").strip() == third

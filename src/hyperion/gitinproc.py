@@ -1,26 +1,31 @@
-"""In-process reads of a repository's refs and trees (dulwich), for the per-request hot path.
+"""What hyperion does to a repository in-process (dulwich) instead of with a git process.
 
-Every request asks the same few questions before it is applied: where its target branch is,
-and what the target tree holds at the paths the patch touches (tree safety, the policy file).
-A git process per question costs 1-3 ms; dulwich answers from the same files in-process in
-about 0.1 ms. This module only reads, never writes (writing stays with the git CLI in gitops).
+Every request asks the same few questions before it is applied (where its target branch is,
+what the target tree holds at the paths the patch touches: tree safety, the policy file) and
+then writes one commit object. A git process costs 1-3 ms each on a small machine; dulwich does
+the same from the same files in-process in about 0.1 ms. Only these are done here; everything
+else, and every ref the user sees, stays with the git CLI (gitops).
 
 It answers only what it can answer exactly as git would, and says "don't know" (None) for
 everything else, so the caller asks git: a ref that is not a well-formed name or does not
 point at a commit (an annotated tag needs peeling), an object not found (a partial clone
-fetches lazily), a repository format dulwich does not support. Replace refs are the one
-place dulwich and git could disagree; hyperion's git runs with GIT_NO_REPLACE_OBJECTS=1
-(gitops), so both read the objects as stored.
+fetches lazily), a repository format dulwich does not support, an identity git would rewrite,
+a configured commit encoding. Replace refs are the one place dulwich and git could disagree;
+hyperion's git runs with GIT_NO_REPLACE_OBJECTS=1 (gitops), so both see objects as stored.
 
 dulwich caches pack indexes and the packed-refs file, re-checking them when git changes them
 (new packs after a fetch or gc, a packed-refs rewrite); loose refs are read from disk on every
-call. One reader serves all threads of the process, behind a lock.
+call. Commit objects are written as git writes loose objects (same format, permissions of a
+shared repository, fsync as core.fsyncObjectFiles says). One instance serves all threads of
+the process, behind a lock.
 """
 
 from __future__ import annotations
 
 import atexit
+import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +37,14 @@ _S_IFDIR = 0o040000
 _S_IFGITLINK = 0o160000
 
 
-class TreeReader:
-    """Refs and tree entries of one repository; None from any method means "ask git"."""
+#: Characters git strips from the ends of a name or email ("crud"), or never keeps inside.
+_CRUD = set(".,:;<>\"\\'") | {chr(c) for c in range(33)}
+_RAW_DATE = re.compile(r"^(\d{1,12}) ([+-])(\d\d)(\d\d)$")
+
+
+class InProcessGit:
+    """Refs, tree entries and commit objects of one repository; None from any method means
+    "ask git"."""
 
     def __init__(self, git_dir: Path) -> None:
         self.git_dir = git_dir
@@ -116,6 +127,53 @@ class TreeReader:
             raise ValueError(f"{path} is {len(data)} bytes, over {max_bytes}")
         return True, bytes(data)
 
+    def write_commit(self, tree: str, parent: str, message: str, author: tuple[str, str],
+                     author_date: str | None, committer: tuple[str, str]) -> str | None:
+        """Write the commit object ``git commit-tree tree -p parent`` would write (author and
+        committer from the given identities, dates now unless ``author_date``, git's raw
+        ``<seconds> <+zone>``); its id, or None to let git write it."""
+        if not (_plain_identity(author) and _plain_identity(committer)):
+            return None
+        now = int(time.time())
+        offset = time.localtime(now).tm_gmtoff
+        author_time, author_offset = now, offset
+        if author_date is not None:
+            parsed = _RAW_DATE.match(author_date)
+            if parsed is None or author_date.endswith(" -0000"):
+                return None
+            sign = -1 if parsed.group(2) == "-" else 1
+            author_time = int(parsed.group(1))
+            author_offset = sign * (int(parsed.group(3)) * 3600 + int(parsed.group(4)) * 60)
+        with self._lock:
+            repo = self._open()
+            if repo is None:
+                return None
+            try:
+                from dulwich.objects import Commit, ObjectID
+
+                encoding = repo.get_config_stack().get((b"i18n",), b"commitEncoding")
+            except KeyError:
+                encoding = None
+            except Exception:
+                return None
+            if encoding is not None and encoding.lower() not in (b"utf-8", b"utf8"):
+                return None   # git would add an encoding header
+            try:
+                commit = Commit()
+                commit.tree = ObjectID(tree.encode())
+                commit.parents = [ObjectID(parent.encode())]
+                commit.author = f"{author[0]} <{author[1]}>".encode()
+                commit.committer = f"{committer[0]} <{committer[1]}>".encode()
+                commit.author_time, commit.author_timezone = author_time, author_offset
+                commit.commit_time, commit.commit_timezone = now, offset
+                commit.message = message.encode()
+                repo.object_store.add_object(commit)
+            except UnicodeEncodeError:
+                raise
+            except Exception:
+                return None
+            return str(commit.id.decode())
+
     # -- walking trees
     @staticmethod
     def _root(repo: Any, commit: str) -> bytes:
@@ -155,6 +213,16 @@ class TreeReader:
         return mode, tree_id
 
 
+def _plain_identity(identity: tuple[str, str]) -> bool:
+    """A name and email git would write as given: nothing stripped from their ends, no
+    angle brackets or line breaks inside, neither empty."""
+    for part in identity:
+        if not part or part[0] in _CRUD or part[-1] in _CRUD or \
+                any(c in part for c in "<>\n\0"):
+            return False
+    return True
+
+
 def _canonical(mode: int) -> int:
     # As git reads trees: an old 100664 file is 100644, anything executable 100755.
     if mode & _S_IFMT == 0o100000:
@@ -167,7 +235,7 @@ def _split(path: str) -> list[bytes] | None:
     return None if any(p in (b"", b".", b"..") for p in parts) else parts
 
 
-_OPENED: list[TreeReader] = []
+_OPENED: list[InProcessGit] = []
 
 
 @atexit.register
