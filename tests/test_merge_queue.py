@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import GIT_ENV, Setup, git, make_repo, write_config
@@ -379,3 +380,34 @@ def test_batch_with_one_bad_request_bisects_and_fails_only_it(setup: Setup) -> N
     assert runs.read_text().count("run") <= 6
     log = git(setup.repo, "log", "--format=%(trailers:key=Hyperion-Request,valueonly)")
     assert sorted(x for x in log.split() if x) == sorted(r for r in ids if r != "mix-4")
+
+
+def test_a_slow_check_is_recorded_when_it_ends_and_a_failure_keeps_where_it_applied(
+        setup: Setup) -> None:
+    # The second check reads the record while it runs: the first, slow one is in it.
+    record_file = setup.state / "records" / "progress-1.json"
+    use_check(setup, "import time\ntime.sleep(1.2)\n")
+    probe = setup.root / "probe.py"
+    probe.write_text("import json, sys\n"
+                     f"record = json.load(open({str(record_file)!r}))\n"
+                     "names = [c['name'] for c in record['checks']]\n"
+                     "sys.exit(0 if names == ['unit'] and record['applied_onto'] else 3)\n")
+    text = setup.config.read_text()
+    setup.config.write_text(text.replace("checks:\n", "checks:\n  probe:\n    run: "
+                                         f"[{json.dumps(sys.executable)}, "
+                                         f"{json.dumps(str(probe))}]\n    timeout_s: 60\n"))
+    setup.drop("p.json", setup.request("progress-1", {"app.py": "VALUE = 5\n"},
+                                       checks=["unit", "probe"]))
+    assert setup.cli("run", "--once").returncode == 0
+    record = setup.record("progress-1")
+    assert record["state"] == "landed", record["error"]
+    assert [c["name"] for c in record["checks"]] == ["unit", "probe"]
+    # A quick failing check: its result and where the patch went on are in the failure.
+    use_check(setup, "import sys\nsys.exit(4)\n")
+    setup.drop("f.json", setup.request("progress-2", {"app.py": "VALUE = 6\n"}))
+    assert setup.cli("run", "--once").returncode == 0
+    failed = setup.record("progress-2")
+    assert failed["state"] == "failed" and failed["error"]["code"] == "check_failed"
+    assert failed["applied_onto"] == record["landed_commit"]
+    assert failed["apply_method"] == "clean"
+    assert [(c["name"], c["exit_code"]) for c in failed["checks"]] == [("unit", 4)]

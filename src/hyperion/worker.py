@@ -45,6 +45,7 @@ __all__ = ["Failed", "Retry", "Worker", "backoff", "prune_worktrees"]
 
 log = logging.getLogger("hyperion.worker")
 
+PROGRESS_MIN_S = 1.0
 LEASE_TTL_S = 60.0
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 300.0
@@ -318,9 +319,12 @@ class Worker:
                 self._check_hashes(request, worktree, repo, applied.own_tree)
                 message, author, author_date = landing_identity(repo, record, request)
                 commit = repo.commit(worktree, tip, message, author, author_date)
-            self.app.records.update(record.id, applied_onto=tip, base_commit=base_commit,
-                                    apply_method=applied.method)
-            self._run_checks(request, record, worktree, timings)
+            applied_fields: dict[str, object] = {"applied_onto": tip, "base_commit": base_commit,
+                              "apply_method": applied.method}
+            results = self._run_checks(request, record, worktree, timings, applied_fields)
+            # One durable write before the land: the exactly-once search after a crash
+            # starts at applied_onto.
+            self.app.records.update(record.id, checks=results, **applied_fields)
         if self.app.dry_run or request.dry_run:
             return Result(State.VERIFIED, commit)
         with timings.step("land"):
@@ -349,14 +353,23 @@ class Worker:
                              "together", path=f"changes[{i}].sha256")
 
     def _run_checks(self, request: ChangeRequest, record: Record, worktree: Path,
-                    timings: Timings | None = None) -> None:
-        def progress(results: list[CheckResult]) -> None:
-            self.app.records.update(record.id, checks=results)
+                    timings: Timings | None = None,
+                    fields: dict[str, object] | None = None) -> list[CheckResult]:
+        """Run the request's checks; their results, or Failed/Retry with them (and
+        ``fields``) recorded. A check that ran for a second or more is recorded when it ends,
+        for `hyperion inspect` during a long run; quick ones go with the caller's next write."""
+        extra = dict(fields or {})
 
-        _, failure = self.run_checks(request.checks, record.id, record.attempts, worktree,
-                                     timings or Timings(), progress)
+        def progress(results: list[CheckResult]) -> None:
+            if results[-1].seconds >= PROGRESS_MIN_S:
+                self.app.records.update(record.id, checks=results, **extra)
+
+        results, failure = self.run_checks(request.checks, record.id, record.attempts,
+                                           worktree, timings or Timings(), progress)
         if failure is not None:
+            self.app.records.update(record.id, checks=results, **extra)
             raise failure
+        return results
 
     def run_checks(self, names: list[str], record_id: str, attempt: int, worktree: Path,
                    timings: Timings,

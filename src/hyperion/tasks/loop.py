@@ -377,12 +377,13 @@ class TaskLoop:
         """Run the task's checks with the worker's runner: None when green, else the feedback.
         A check that cannot run at all (undefined, cannot start) ends the task."""
         record = self.app.records.get(self.record.id) or self.record
+        green: list[CheckResult] | None = None
         try:
-            self.worker._run_checks(request, record, self.worktree)
+            green = self.worker._run_checks(request, record, self.worktree)
             failure: Failed | None = None
         except Failed as exc:
-            failure = exc
-        results = self._rename_check_artifacts(number)
+            failure = exc     # its results were recorded with it
+        results = self._rename_check_artifacts(number, green)
         if failure is None:
             return None
         bad = results[-1] if results else None
@@ -394,11 +395,14 @@ class TaskLoop:
         return (f"Iteration {number}: the check {bad.name!r} {why}.\n"
                 f"The end of its output:\n{_tail(self.dir / bad.artifact)}")
 
-    def _rename_check_artifacts(self, number: int) -> list[CheckResult]:
-        """The worker names check output per attempt; a task has several iterations in one."""
-        record = self.app.records.get(self.record.id) or self.record
+    def _rename_check_artifacts(self, number: int,
+                                checks: list[CheckResult] | None) -> list[CheckResult]:
+        """The worker names check output per attempt; a task has several iterations in one.
+        ``checks``: the results, else those recorded."""
+        if checks is None:
+            checks = (self.app.records.get(self.record.id) or self.record).checks
         renamed = []
-        for check in record.checks:
+        for check in checks:
             name = f"iteration-{number}-check-{check.name}.log"
             source = self.dir / check.artifact
             if source.exists() and check.artifact != name:
