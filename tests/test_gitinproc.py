@@ -233,3 +233,15 @@ def test_commit_in_a_worktree_moves_its_detached_head(tmp_path: Path) -> None:
     git(slot, "add", "f")
     third = gitrepo.commit(slot, head, "three\n", ("a", "a@example.com"))
     assert git(slot, "rev-parse", "HEAD").strip() == third
+
+
+def test_the_checked_out_branch_is_read_as_git_reads_it(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"f": "1\n"})
+    checkout = GitRepo(repo).checkout()
+    assert checkout is not None and checkout.branch == "main"
+    assert checkout.toplevel == repo.resolve()
+    git(repo, "checkout", "-q", "-b", "topic")
+    assert GitRepo(repo).checkout().branch == "topic"          # type: ignore[union-attr]
+    git(repo, "checkout", "-q", "--detach")
+    assert GitRepo(repo).checkout().branch is None             # type: ignore[union-attr]
+    assert GitRepo(make_repo(tmp_path / "b", {"f": "1\n"}, bare=True)).checkout() is None

@@ -90,6 +90,22 @@ class InProcessGit:
                 return None
         return sha.decode() if kind == _COMMIT else None
 
+    def head_ref(self) -> tuple[bool, str | None]:
+        """(answered, the full ref name HEAD points at; None when HEAD is detached)."""
+        with self._lock:
+            repo = self._open()
+            if repo is None:
+                return False, None
+            try:
+                raw = repo.refs.read_ref(b"HEAD")
+            except Exception:
+                return False, None
+        if raw is None:
+            return False, None
+        if raw.startswith(b"ref: "):
+            return True, raw[5:].strip().decode("utf-8", "surrogateescape")
+        return True, None
+
     def modes(self, commit: str, paths: list[str]) -> dict[str, str] | None:
         """``git ls-tree``'s mode (``100644``, ``040000``...) of each of ``paths`` that exists
         in ``commit``'s tree; a path below a symlink, gitlink or file is absent, as in

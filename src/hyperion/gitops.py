@@ -180,6 +180,7 @@ class GitRepo:
         # Reads through a quarantine folder stay with git (gitinproc uses the repository's own
         # objects only).
         self._inproc = None if self.objects_env else InProcessGit(self.git_dir)
+        self._toplevel: Path | None = None      # of a non-bare repository, learnt once
 
     # -- reading
     def resolve(self, rev: str) -> str | None:
@@ -258,9 +259,15 @@ class GitRepo:
         """The repository's own working tree, unless bare."""
         if self.bare:
             return None
-        top = Path(_out(["rev-parse", "--show-toplevel"], cwd=self.path))
-        proc = git(["symbolic-ref", "--quiet", "HEAD"], cwd=top, check=False)
-        ref = proc.stdout.decode().strip()
+        if self._toplevel is None:
+            self._toplevel = Path(_out(["rev-parse", "--show-toplevel"], cwd=self.path))
+        top = self._toplevel
+        answered, head = self._inproc.head_ref() if self._inproc is not None else (False, None)
+        if answered:
+            ref = head or ""
+        else:
+            proc = git(["symbolic-ref", "--quiet", "HEAD"], cwd=top, check=False)
+            ref = proc.stdout.decode().strip()
         branch = ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
         return Checkout(toplevel=top, branch=branch)
 
@@ -536,12 +543,12 @@ class GitRepo:
         when its tracked files are clean), with one ``git status`` after a refresh. HEAD is
         None only with a reason (git status failed).
 
-        The refresh is written to the index (git status here does not write it): read-tree -m
-        later trusts the index's stat data, and a file touched but not changed would
-        otherwise look modified to it."""
-        git(["update-index", "-q", "--refresh"], cwd=top, check=False)
+        This status may write its refresh to the index (as a person's git status does; other
+        hyperion commands take no optional locks): read-tree -m later trusts the index's stat
+        data, and a file touched but not changed would otherwise look modified to it."""
         proc = git(["status", "--porcelain=v2", "--branch", "-z", "--untracked-files=no",
-                    "--ignore-submodules=all"], cwd=top, check=False)
+                    "--ignore-submodules=all"], cwd=top, check=False,
+                   env={"GIT_OPTIONAL_LOCKS": "1"})
         if proc.returncode != 0:
             return None, ("git status failed there "
                           f"({proc.stderr.decode(errors='replace').strip()[:200]})")
