@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import BASE_FILES, git, make_repo
 
 from hyperion import gitops
