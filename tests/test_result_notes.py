@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import BASE_FILES, git, make_repo
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hyperion import gitops
 from hyperion import result_notes as rn
@@ -230,3 +232,67 @@ def test_an_expired_item_is_buried_and_an_unconfigured_one_acked(
     later.outbox.put("bad.1.landed", b"not json")
     assert later.deliver_ready("test") == 1
     assert later.outbox.counts()["done"] == 1 and later.outbox.counts()["dead"] == 1
+
+
+_IDS = st.builds(lambda prefix, rest: prefix + rest,
+                 st.sampled_from(["ab", "abcd", "", "0f"]),
+                 st.text("0123456789abcdef", min_size=40, max_size=40)).map(lambda s: s[:40])
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rounds=st.lists(st.dictionaries(_IDS, st.lists(st.sampled_from("pqrs"), max_size=3),
+                                       max_size=120), min_size=1, max_size=4))
+def test_any_sequence_of_batches_keeps_every_line_once(
+        tmp_path_factory: pytest.TempPathFactory, rounds: list[dict[str, list[str]]]) -> None:
+    repo = tmp_path_factory.mktemp("prop")
+    git(repo, "init", "-q", "--bare")
+    gr, model = GitRepo(repo), {}
+    for batch in rounds:
+        before = {c: list(lines) for c, lines in model.items()}
+        for commit, lines in batch.items():
+            model.setdefault(commit, [])
+            model[commit] += [line for line in dict.fromkeys(lines) if line not in model[commit]]
+        model = {c: lines for c, lines in model.items() if lines}
+        changed = sum(1 for c, lines in model.items() if before.get(c) != lines)
+        assert gr.add_notes(REF, batch, "t") == changed
+    if not model:
+        assert git(repo, "rev-parse", "-q", "--verify", REF, check=False) == ""
+        return
+    # git's own lookup: one note per commit (none twice at two depths), with the model's lines
+    listed = dict(reversed(line.split()) for line in
+                  git(repo, "notes", f"--ref={REF}", "list").splitlines())
+    assert set(listed) == set(model)
+    blobs = sorted(set(listed.values()))
+    out = subprocess.run(["git", "cat-file", "--batch"], cwd=repo, check=True,
+                         input="".join(f"{b}\n" for b in blobs).encode(), capture_output=True)
+    texts = dict(zip(blobs, (d.decode() for _, d in GitRepo._batch_objects(out.stdout,
+                                                                           len(blobs))),
+                     strict=True))
+    assert {c: texts[b].splitlines() for c, b in listed.items()} == model
+    some = sorted(model)[0]
+    assert _show(repo, some) == model[some]
+
+
+def test_a_folder_fans_out_a_level_deeper_and_notes_stay_where_they_are(tmp_path: Path) -> None:
+    repo = tmp_path / "bare.git"
+    git(tmp_path, "init", "-q", "--bare", str(repo))
+    hexdigits = "0123456789abcdef"
+    # Two notes per first hex digit at the root and in folder ab: git would fan both out.
+    top = [f"{d}{k}" + "1" * 38 for d in hexdigits for k in "01"]
+    in_ab = [f"ab{d}{k}" + "2" * 36 for d in hexdigits for k in "01"]
+    gr = GitRepo(repo)
+    assert gr.add_notes(REF, {c: ["one"] for c in top + in_ab}, "t") == 64
+    paths = set(git(repo, "ls-tree", "-r", "--name-only", REF).split())
+    assert all(f"{c[:2]}/{c[2:]}" in paths for c in top + in_ab)
+    deeper = ["ab0f" + "3" * 36, "abff" + "4" * 36]
+    assert gr.add_notes(REF, {deeper[0]: ["two"], deeper[1]: ["two"], in_ab[0]: ["two"]},
+                        "t") == 3
+    paths = set(git(repo, "ls-tree", "-r", "--name-only", REF).split())
+    assert {f"ab/0f/{'3' * 36}", f"ab/ff/{'4' * 36}", f"ab/{in_ab[0][2:]}"} <= paths
+    assert len(paths) == 66
+    assert _show(repo, deeper[0]) == ["two"] and _show(repo, in_ab[0]) == ["one", "two"]
+    assert gr.add_notes(REF, {deeper[0]: ["three"]}, "t") == 1
+    assert f"ab/0f/{'3' * 36}" in git(repo, "ls-tree", "-r", "--name-only", REF).split()
+    assert _show(repo, deeper[0]) == ["two", "three"]
+    assert len(git(repo, "notes", f"--ref={REF}", "list").splitlines()) == 66

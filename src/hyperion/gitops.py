@@ -727,12 +727,14 @@ class GitRepo:
         name it could not find."""
         objects, pos = [], 0
         for _ in range(count):
-            end = out.index(b"\n", pos)
+            end = out.find(b"\n", pos)
+            if end < 0:
+                raise GitError(["cat-file", "--batch"], 1, "its output ended early")
             header = out[pos:end].split(b" ")
             pos = end + 1
             if len(header) == 3 and header[2].isdigit():
                 size = int(header[2])
-                objects.append((header[1].decode(), out[pos:pos + size]))
+                objects.append((header[1].decode(errors="replace"), out[pos:pos + size]))
                 pos += size + 1
             else:
                 objects.append(("missing", b""))
@@ -743,8 +745,10 @@ class GitRepo:
         """A raw tree object's entries: name -> (mode, object id)."""
         entries, pos = {}, 0
         while pos < len(data):
-            space = data.index(b" ", pos)
-            nul = data.index(b"\0", space)
+            space = data.find(b" ", pos)
+            nul = data.find(b"\0", max(space, 0))
+            if space < 0 or nul < 0 or nul + 1 + oid_bytes > len(data):
+                raise GitError(["cat-file", "--batch"], 1, "a notes folder is not a valid tree")
             entries[data[space + 1:nul]] = (data[pos:space],
                                              data[nul + 1:nul + 1 + oid_bytes].hex())
             pos = nul + 1 + oid_bytes
