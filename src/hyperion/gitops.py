@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,11 +113,6 @@ class CommitOrigin:
     author_email: str
     author_date: str     # git's raw format: "<seconds> <+zone>"
     message: str
-
-
-# A notes tree's folders read for one write: path ("" the root, "ab", "ab/cd") -> its entries
-# (name -> mode, object id).
-_Folders = dict[str, dict[bytes, tuple[bytes, str]]]
 
 
 class GitRepo:
@@ -539,13 +534,13 @@ class GitRepo:
 
     def add_note_lines(self, ref: str, commit: str, lines: Sequence[str], reason: str) -> bool:
         """Add ``lines`` to the note on ``commit`` in ``ref``; False when all were there."""
-        return self.add_notes(ref, {commit: lines}, reason) > 0
+        return self.add_notes(ref, {commit: list(lines)}, reason) > 0
 
     # Notes trees fan out at most this deep (ab/cd/ef/<34 hex>): deeper takes ~2**32 notes.
     NOTE_FANOUT_MAX = 3
     _NOTE_OBJECT = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
-    def add_notes(self, ref: str, notes: Mapping[str, Sequence[str]], reason: str) -> int:
+    def add_notes(self, ref: str, notes: dict[str, list[str]], reason: str) -> int:
         """Add each commit's lines to its note in ``ref``, all in one notes commit; returns how
         many notes changed (0: every line was there already, and no commit is made).
 
@@ -791,3 +786,8 @@ class GitRepo:
         """Compare-and-swap any ref (``old`` None: it must not exist yet)."""
         return git(["update-ref", "-m", reason, ref, new, old or ZERO_OID], cwd=self.git_dir,
                    check=False).returncode == 0
+
+
+# A notes tree's folders read for one write: path ("" the root, "ab", "ab/cd") -> its entries
+# (name -> mode, object id).
+_Folders = dict[str, dict[bytes, tuple[bytes, str]]]
