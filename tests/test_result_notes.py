@@ -218,6 +218,7 @@ def test_a_repository_that_cannot_be_written_is_retried_not_lost(
 def test_an_expired_item_is_buried_and_an_unconfigured_one_acked(
         tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     [commit] = _commits(repo, 1)
+    other = make_repo(tmp_path / "other", BASE_FILES)
     notes = ResultNotes(_config(tmp_path, {"demo": repo}))
     notes.queue(_record("gone", "demo", commit))
     shutil.rmtree(repo)
@@ -232,6 +233,16 @@ def test_an_expired_item_is_buried_and_an_unconfigured_one_acked(
     later.outbox.put("bad.1.landed", b"not json")
     assert later.deliver_ready("test") == 1
     assert later.outbox.counts()["done"] == 1 and later.outbox.counts()["dead"] == 1
+    # A target that is no commit id is buried alone; the rest of its batch is written.
+    again = ResultNotes(_config(tmp_path / "again", {"demo": other}))
+    [good] = _commits(other, 1)
+    for key, target in (("y.1.landed", "../../HEAD"), ("z.1.landed", good)):
+        again.outbox.put(key, rn.PendingNote(
+            request_id=key[0], line=f'{{"id":"{key[0]}"}}',
+            targets=[rn.NoteTarget(repo="demo", commit=target)],
+            created_at=1.0).model_dump_json().encode())
+    assert again.deliver_ready("test") == 1
+    assert _show(other, good) == ['{"id":"z"}'] and again.outbox.counts()["dead"] == 1
 
 
 _IDS = st.builds(lambda prefix, rest: prefix + rest,

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import time
 
 from pydantic import BaseModel
@@ -40,6 +41,7 @@ RETRY_MAX_S = 600.0
 SWEEP_EVERY_S = 5.0
 PRUNE_EVERY_S = 3600.0
 BATCH_MAX = 500      # outbox items written per notes commit
+_OBJECT_ID = re.compile(r"[0-9a-fA-F]{40}(?:[0-9a-fA-F]{24})?")
 
 
 class NoteTarget(BaseModel):
@@ -136,7 +138,13 @@ class ResultNotes:
                     self._close(lease, ok=False, why="unreadable")
             if not batch:
                 return written
-            written += self._write(batch)
+            usable = []
+            for lease, pending in batch:
+                if all(_OBJECT_ID.fullmatch(t.commit) for t in pending.targets):
+                    usable.append((lease, pending))
+                else:   # it would fail its whole group, every pass
+                    self._close(lease, ok=False, why="a target commit is not an object id")
+            written += self._write(usable)
             if len(batch) < BATCH_MAX:
                 return written
 
