@@ -625,49 +625,221 @@ class GitRepo:
         return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
 
     def add_note_lines(self, ref: str, commit: str, lines: Sequence[str], reason: str) -> bool:
-        """Add ``lines`` to the note on ``commit`` in ``ref``; False when all were there.
+        """Add ``lines`` to the note on ``commit`` in ``ref``; False when all were there."""
+        return self.add_notes(ref, {commit: list(lines)}, reason) > 0
 
-        Written with plumbing (blob, tree, commit), then the ref is moved by compare-and-swap
-        (`update-ref ref new old`) and the whole step retried when another writer won the
-        race: `git notes add` would overwrite a concurrent note. Lines already present are not
-        added again, so writing the same outcome twice changes nothing."""
-        flat = commit.lower()
-        # The note may sit at any fan-out depth (ab/cdef..., ab/cd/ef...): keep its place.
-        paths = ["/".join([*(flat[2 * j:2 * j + 2] for j in range(depth)), flat[2 * depth:]])
-                 for depth in range(4)]
+    # Notes trees fan out at most this deep (ab/cd/ef/<34 hex>): deeper takes ~2**32 notes.
+    NOTE_FANOUT_MAX = 3
+    _NOTE_OBJECT = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+    def add_notes(self, ref: str, notes: dict[str, list[str]], reason: str) -> int:
+        """Add each commit's lines to its note in ``ref``, all in one notes commit; returns how
+        many notes changed (0: every line was there already, and no commit is made).
+
+        Lines already in a note are not added again, so writing the same outcome twice changes
+        nothing. A note keeps the fan-out path it has (ab/cdef..., ab/cd/ef..., any depth). A
+        new note goes into the deepest folder its commit's prefix already has there, and one
+        level further down when that folder fans out: when it has subfolders, or when each of
+        the 16 first hex digits of its note names is taken by two notes or more (git's own
+        rule, notes.c determine_fanout; git fans out at roughly 100 notes). Notes are not moved
+        to a new fan-out the way `git notes` rewrites a whole tree: `git notes` finds a note at
+        any depth, and a mixed tree is one git reads and writes too.
+
+        Only the folders on the changed paths are read and written, never the whole notes
+        tree, and the git processes do not grow with the number of notes: one
+        `cat-file --batch` for those folders, one for the old notes, one `hash-object` for all
+        new note blobs, one `mktree --batch` per depth, `commit-tree`, then a compare-and-swap
+        of the ref (`git notes add` would overwrite a concurrent writer's note); the whole step
+        is retried when another writer moved the ref in between.
+        """
+        wanted: dict[str, list[str]] = {}
+        for commit, lines in notes.items():
+            flat = commit.lower()
+            if not self._NOTE_OBJECT.fullmatch(flat):
+                raise GitError(["notes"], 1, f"not an object id: {commit[:80]!r}")
+            wanted.setdefault(flat, []).extend(lines)
+        if not any(wanted.values()):
+            return 0
         env = {"GIT_AUTHOR_NAME": COMMITTER[0], "GIT_AUTHOR_EMAIL": COMMITTER[1],
                "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
         for _ in range(NOTE_ATTEMPTS):
             old = self.ref_value(ref)
-            path, have = flat, []
-            if old is not None:
-                out = _out(["ls-tree", "-r", "--full-tree", old, "--", *paths], cwd=self.git_dir)
-                if out:
-                    meta, _, path = out.splitlines()[0].partition("\t")
-                    blob = meta.split()[2]
-                    text = git(["cat-file", "blob", blob], cwd=self.git_dir).stdout.decode(
-                        "utf-8", errors="replace")
-                    have = [line for line in text.splitlines() if line.strip()]
-            missing = [line for line in lines if line not in have]
-            if not missing:
-                return False
-            content = "\n".join([*have, *dict.fromkeys(missing)]) + "\n"
-            blob = git(["hash-object", "-w", "--stdin"], cwd=self.git_dir,
-                       input=content.encode()).stdout.decode().strip()
-            with tempfile.TemporaryDirectory(prefix="hyperion-note-") as tmp:
-                index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-                if old is not None:
-                    git(["read-tree", old], cwd=self.git_dir, env=index)
-                git(["update-index", "--add", "--index-info"], cwd=self.git_dir, env=index,
-                    input=f"100644 {blob}\t{path}\n".encode())
-                tree = git(["write-tree"], cwd=self.git_dir, env=index).stdout.decode().strip()
+            folders, placed = self._place_notes(old, wanted)
+            if not placed:
+                return 0
+            root = self._write_notes_tree(folders, placed)
             parents = ["-p", old] if old is not None else []
-            new = git(["commit-tree", tree, *parents, "-m", reason], cwd=self.git_dir,
+            new = git(["commit-tree", root, *parents, "-m", reason], cwd=self.git_dir,
                       env=env).stdout.decode().strip()
             if self.set_ref(ref, new, old, reason):
-                return True
+                return len(placed)
         raise GitError(["update-ref", ref], 1, f"{ref} kept moving: gave up after "
-                       f"{NOTE_ATTEMPTS} attempts to add a note")
+                       f"{NOTE_ATTEMPTS} attempts to add notes")
+
+    def _place_notes(self, old: str | None, wanted: dict[str, list[str]]
+                     ) -> tuple[_Folders, dict[tuple[str, str], str]]:
+        """The folders of ``old``'s notes tree on the paths of ``wanted`` (path -> entries),
+        and (folder, name) -> the note's new text for each note that changes."""
+        depth_max = self.NOTE_FANOUT_MAX
+        folders: _Folders = {"": {}}
+        if old is not None:
+            paths = {self._note_folder(flat, depth)
+                     for flat in wanted for depth in range(depth_max + 1)}
+            folders = self._read_note_folders(old, sorted(paths))
+        found: dict[str, tuple[str, str, str]] = {}   # commit -> (folder, name, blob)
+        home: dict[str, str] = {}     # commit without a note -> the deepest folder it has
+        for flat in wanted:
+            folder, depth = "", 0
+            while True:
+                entry = folders[folder].get(flat[2 * depth:].encode())
+                if entry is not None and entry[0] != b"40000":
+                    found[flat] = (folder, flat[2 * depth:], entry[1])
+                    break
+                child = self._note_folder(flat, depth + 1)
+                if depth == depth_max or child not in folders:
+                    home[flat] = folder
+                    break
+                folder, depth = child, depth + 1
+        texts = self._read_note_blobs(sorted({blob for _, _, blob in found.values()}))
+        placed: dict[tuple[str, str], str] = {}
+        new: dict[str, list[tuple[str, str]]] = {}    # folder -> [(commit, text)]
+        for flat, lines in wanted.items():
+            at = found.get(flat)
+            have = [] if at is None else \
+                [line for line in texts[at[2]].splitlines() if line.strip()]
+            missing = [line for line in dict.fromkeys(lines) if line not in have]
+            if not missing:
+                continue
+            text = "\n".join([*have, *missing]) + "\n"
+            if at is not None:
+                placed[(at[0], at[1])] = text
+            else:
+                new.setdefault(home[flat], []).append((flat, text))
+        for folder, notes in new.items():
+            depth = folder.count("/") + 1 if folder else 0
+            if depth < depth_max and self._fans_out(folders[folder],
+                                                    [flat[2 * depth:] for flat, _ in notes]):
+                depth += 1
+            for flat, text in notes:
+                placed[(self._note_folder(flat, depth), flat[2 * depth:])] = text
+        return folders, placed
+
+    def _read_note_folders(self, old: str, paths: Sequence[str]) -> _Folders:
+        """The entries (name -> mode, object id) of each of ``paths`` that is a folder in
+        ``old``'s tree ("" is the root), from one `cat-file --batch`."""
+        request = "".join(f"{old}:{path}\n" for path in paths).encode()
+        out = git(["cat-file", "--batch"], cwd=self.git_dir, input=request).stdout
+        folders: _Folders = {"": {}}
+        for path, (kind, data) in zip(paths, self._batch_objects(out, len(paths)), strict=True):
+            if kind == "tree":
+                folders[path] = self._tree_entries(data, len(old) // 2)
+        return folders
+
+    def _read_note_blobs(self, blobs: Sequence[str]) -> dict[str, str]:
+        if not blobs:
+            return {}
+        out = git(["cat-file", "--batch"], cwd=self.git_dir,
+                  input="".join(f"{blob}\n" for blob in blobs).encode()).stdout
+        texts = {}
+        for blob, (kind, data) in zip(blobs, self._batch_objects(out, len(blobs)), strict=True):
+            if kind != "blob":
+                raise GitError(["cat-file", "--batch"], 1, f"note {blob} is {kind}")
+            texts[blob] = data.decode("utf-8", errors="replace")
+        return texts
+
+    def _write_notes_tree(self, folders: _Folders, placed: dict[tuple[str, str], str]) -> str:
+        """Write the note blobs (one `hash-object`) and every folder on their paths (one
+        `mktree --batch` per depth, deepest first); the new root tree's id."""
+        keys = list(placed)
+        with tempfile.TemporaryDirectory(prefix="hyperion-notes-") as tmp:
+            listing = []
+            for i, key in enumerate(keys):
+                file = Path(tmp) / str(i)
+                file.write_bytes(placed[key].encode())
+                listing.append(f"{file}\n")
+            blobs = git(["hash-object", "-w", "--no-filters", "--stdin-paths"],
+                        cwd=self.git_dir, input="".join(listing).encode()).stdout.split()
+        changes: _Folders = {}
+        for (folder, name), blob in zip(keys, blobs, strict=True):
+            changes.setdefault(folder, {})[name.encode()] = (b"100644", blob.decode())
+            while folder:      # every folder up to the root changes with it
+                folder = folder.rpartition("/")[0]
+                changes.setdefault(folder, {})
+        written: dict[str, str] = {}    # folder -> its new tree, one depth at a time
+        for depth in range(self.NOTE_FANOUT_MAX, -1, -1):
+            level = sorted(f for f in changes if (f.count("/") + 1 if f else 0) == depth)
+            if not level:
+                continue
+            for child, tree in written.items():
+                parent, _, name = child.rpartition("/")
+                changes[parent][name.encode()] = (b"40000", tree)
+            batch = []
+            for folder in level:
+                entries = {**folders.get(folder, {}), **changes[folder]}
+                batch.append(b"".join(
+                    b"%s %s %s\t%s\0" % (mode, self._MKTREE_TYPE.get(mode, b"blob"),
+                                          oid.encode(), name)
+                    for name, (mode, oid) in entries.items()) + b"\0")
+            # --missing: skip looking up every entry (they come from the tree read above or
+            # were just written); it halves the cost of a folder with many notes.
+            trees = git(["mktree", "-z", "--missing", "--batch"], cwd=self.git_dir,
+                        input=b"".join(batch)).stdout.decode().split()
+            written = dict(zip(level, trees, strict=True))
+        return written[""]
+
+    _MKTREE_TYPE = {b"40000": b"tree", b"160000": b"commit"}
+
+    @staticmethod
+    def _note_folder(flat: str, depth: int) -> str:
+        """The folder of a note at fan-out ``depth``: "", "ab", "ab/cd"..."""
+        return "/".join(flat[2 * j:2 * j + 2] for j in range(depth))
+
+    @staticmethod
+    def _fans_out(entries: dict[bytes, tuple[bytes, str]], new_names: Sequence[str]) -> bool:
+        """Whether git would fan a notes folder out: each of the 16 hex digits starts a
+        subfolder's name or the names of two notes or more (notes.c determine_fanout)."""
+        taken: dict[str, int] = {}
+        for raw, (mode, _) in entries.items():
+            name = raw.decode(errors="replace")
+            if not name or not all(c in "0123456789abcdef" for c in name):
+                continue       # not a note: git keeps it but does not count it
+            taken[name[0]] = taken.get(name[0], 0) + (2 if mode == b"40000" else 1)
+        for name in new_names:
+            taken[name[0]] = taken.get(name[0], 0) + 1
+        return all(taken.get(digit, 0) >= 2 for digit in "0123456789abcdef")
+
+    @staticmethod
+    def _batch_objects(out: bytes, count: int) -> list[tuple[str, bytes]]:
+        """(type, content) of each object `cat-file --batch` printed; ("missing", b"") for a
+        name it could not find."""
+        objects, pos = [], 0
+        for _ in range(count):
+            end = out.find(b"\n", pos)
+            if end < 0:
+                raise GitError(["cat-file", "--batch"], 1, "its output ended early")
+            header = out[pos:end].split(b" ")
+            pos = end + 1
+            if len(header) == 3 and header[2].isdigit():
+                size = int(header[2])
+                objects.append((header[1].decode(errors="replace"), out[pos:pos + size]))
+                pos += size + 1
+            else:
+                objects.append(("missing", b""))
+        return objects
+
+    @staticmethod
+    def _tree_entries(data: bytes, oid_bytes: int) -> dict[bytes, tuple[bytes, str]]:
+        """A raw tree object's entries: name -> (mode, object id)."""
+        entries, pos = {}, 0
+        while pos < len(data):
+            space = data.find(b" ", pos)
+            nul = data.find(b"\0", max(space, 0))
+            if space < 0 or nul < 0 or nul + 1 + oid_bytes > len(data):
+                raise GitError(["cat-file", "--batch"], 1, "a notes folder is not a valid tree")
+            entries[data[space + 1:nul]] = (data[pos:space],
+                                             data[nul + 1:nul + 1 + oid_bytes].hex())
+            pos = nul + 1 + oid_bytes
+        return entries
 
     # -- remote mode
     @staticmethod
@@ -706,3 +878,8 @@ class GitRepo:
         """Compare-and-swap any ref (``old`` None: it must not exist yet)."""
         return git(["update-ref", "-m", reason, ref, new, old or ZERO_OID], cwd=self.git_dir,
                    check=False).returncode == 0
+
+
+# A notes tree's folders read for one write: path ("" the root, "ab", "ab/cd") -> its entries
+# (name -> mode, object id).
+_Folders = dict[str, dict[bytes, tuple[bytes, str]]]
