@@ -171,7 +171,7 @@ class ResultNotes:
             name, ref = key
             if name not in repos:
                 try:
-                    repos[name] = GitRepo(self.config.repos[name].path)
+                    repos[name] = GitRepo.at(self.config.repos[name].path)
                 except (GitError, OSError) as exc:
                     repos[name] = exc
             ids = requests[key]
