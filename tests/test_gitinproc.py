@@ -208,10 +208,14 @@ def test_commits_written_in_process_are_the_ones_git_writes(
 
 def test_a_configured_commit_encoding_is_left_to_git(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r", {"f": "1\n"})
-    git(repo, "config", "i18n.commitEncoding", "ISO-8859-1")
     head = git(repo, "rev-parse", "HEAD").strip()
     tree = git(repo, "rev-parse", "HEAD^{tree}").strip()
-    sha = GitRepo(repo).commit_tree(tree, head, "m\n", ("a", "a@example.com"))
+    gitrepo = GitRepo(repo)
+    plain = gitrepo.commit_tree(tree, head, "m\n", ("a", "a@example.com"))
+    assert not any(h.startswith("encoding") for h in _commit_fields(repo, plain)[0])
+    # Configured while the repository is open: seen at the next commit.
+    git(repo, "config", "i18n.commitEncoding", "ISO-8859-1")
+    sha = gitrepo.commit_tree(tree, head, "m\n", ("a", "a@example.com"))
     assert "encoding ISO-8859-1" in _commit_fields(repo, sha)[0]
 
 

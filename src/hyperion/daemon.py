@@ -71,6 +71,22 @@ def _recover(app: App) -> None:
                     "removed, %d notification(s) queued", swept, pruned, requeued)
 
 
+def _warm_up(app: App) -> None:
+    """Pay the first request's one-time costs before READY=1: the schema validators, the
+    secret rules, and each repository opened (its in-process reader with it)."""
+    from hyperion.gate.secrets import rule_ids
+    from hyperion.gitops import GitError, GitRepo
+    from hyperion.requests import load_validators
+
+    load_validators()
+    rule_ids()
+    for name, repo in app.config.repos.items():
+        try:
+            GitRepo.at(repo.path).branch_commit(repo.target)
+        except (GitError, OSError) as exc:
+            log.warning("repository %s (%s) cannot be opened now: %s", name, repo.path, exc)
+
+
 def _timestamp(iso: str) -> float:
     from datetime import datetime
 
@@ -151,6 +167,7 @@ class Daemon:
     def _run(self, registration: Registration) -> None:
         app = self.app
         _recover(app)
+        _warm_up(app)
         inbox = Inbox(app)
         watcher = InboxWatcher(inbox)
         watcher.start()          # watch first, then scan: no file slips between the two

@@ -23,6 +23,7 @@ the process, behind a lock.
 from __future__ import annotations
 
 import atexit
+import os
 import re
 import threading
 import time
@@ -51,6 +52,8 @@ class InProcessGit:
         self._lock = threading.Lock()
         self._repo: Any = None
         self._broken = False
+        self._encoding_key: tuple[tuple[int, int, int] | None, ...] | None = None
+        self._utf8 = False
 
     def _open(self) -> Any:
         if self._repo is None and not self._broken:
@@ -164,17 +167,11 @@ class InProcessGit:
             repo = self._open()
             if repo is None:
                 return None
+            if not self._utf8_commits(repo):
+                return None   # git would add an encoding header
             try:
                 from dulwich.objects import Commit, ObjectID
 
-                encoding = repo.get_config_stack().get((b"i18n",), b"commitEncoding")
-            except KeyError:
-                encoding = None
-            except Exception:
-                return None
-            if encoding is not None and encoding.lower() not in (b"utf-8", b"utf8"):
-                return None   # git would add an encoding header
-            try:
                 commit = Commit()
                 commit.tree = ObjectID(tree.encode())
                 commit.parents = [ObjectID(parent.encode())]
@@ -189,6 +186,25 @@ class InProcessGit:
             except Exception:
                 return None
             return str(commit.id.decode())
+
+    def _utf8_commits(self, repo: Any) -> bool:
+        """Whether git would write commits without an encoding header (no i18n.commitEncoding
+        other than UTF-8 in any configuration it reads); cached until one of them changes."""
+        key = tuple(_stat_key(path) for path in (
+            self.git_dir / "config", Path.home() / ".gitconfig",
+            Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "git/config",
+            Path("/etc/gitconfig")))
+        if self._encoding_key == key:
+            return self._utf8
+        try:
+            encoding = repo.get_config_stack().get((b"i18n",), b"commitEncoding")
+        except KeyError:
+            encoding = None
+        except Exception:
+            return False
+        self._utf8 = encoding is None or encoding.lower() in (b"utf-8", b"utf8")
+        self._encoding_key = key
+        return self._utf8
 
     # -- walking trees
     @staticmethod
@@ -227,6 +243,14 @@ class InProcessGit:
             except KeyError:
                 return None
         return mode, tree_id
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def _plain_identity(identity: tuple[str, str]) -> bool:

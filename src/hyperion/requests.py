@@ -262,6 +262,12 @@ def _schema_checked(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def load_validators() -> None:
+    """Build the JSON Schema validators now (a daemon's start-up), not on the first request."""
+    for kind in MODELS:
+        _validator(kind)
+
+
 @cache
 def _validator(kind: str) -> Any:
     import jsonschema  # ~135 ms: only paid by code paths that validate
