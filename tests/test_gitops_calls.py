@@ -103,3 +103,48 @@ def test_worktree_reset_refuses_a_slot_whose_index_hides_a_changed_file(tmp_path
     (slot / "a.txt").write_text("written by a check\n")
     repo.worktree_reset(slot, second)
     assert (slot / "a.txt").read_text() == "alpha\n"
+
+
+def _git_calls(monkeypatch: object) -> list[str]:
+    import hyperion.gitops as gitops
+
+    calls: list[str] = []
+    real = gitops.git
+
+    def counting(args: list[str], **kwargs: object) -> object:
+        calls.append(args[0])
+        return real(args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gitops, "git", counting)  # type: ignore[attr-defined]
+    return calls
+
+
+def test_a_slot_reset_takes_the_checkout_only_when_it_needs_it(tmp_path: Path,
+                                                               monkeypatch: object) -> None:
+    repo = make_repo(tmp_path / "r", FILES)
+    one = git(repo, "rev-parse", "HEAD").strip()
+    (repo / "c.txt").write_text("gamma 2\n")
+    git(repo, "commit", "-q", "-am", "second")
+    two = git(repo, "rev-parse", "HEAD").strip()
+    slot = tmp_path / "slot"
+    git(repo, "worktree", "add", "-q", "--detach", str(slot), one)
+    gitrepo = GitRepo(repo)
+    calls = _git_calls(monkeypatch)
+    # At the commit, with junk a check left (a file, an empty folder): clean + status.
+    (slot / "junk.txt").write_text("x")
+    (slot / "empty").mkdir()
+    assert gitrepo.worktree_reset(slot, one) is None
+    assert calls == ["clean", "status"]
+    assert not (slot / "junk.txt").exists() and not (slot / "empty").exists()
+    # At the commit, a tracked file changed: the checkout puts it back.
+    calls.clear()
+    (slot / "a.txt").write_text("scribbled\n")
+    assert gitrepo.worktree_reset(slot, one) is None
+    assert calls == ["clean", "status", "checkout", "clean", "status"]
+    assert (slot / "a.txt").read_text() == "alpha\n"
+    # At another commit: straight to the checkout.
+    calls.clear()
+    assert gitrepo.worktree_reset(slot, two) is None
+    assert calls == ["checkout", "clean", "status"]
+    assert (slot / "c.txt").read_text() == "gamma 2\n"
+    assert git(slot, "status", "--porcelain", "--ignored") == ""

@@ -121,19 +121,35 @@ class CommitOrigin:
     message: str
 
 
+def _admin_dir(worktree: Path) -> Path | None:
+    """The worktree's folder in the repository (what its ``.git`` file names)."""
+    try:
+        link = (worktree / ".git").read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return Path(link[len("gitdir: "):].strip()) if link.startswith("gitdir: ") else None
+
+
+def _detached_head(worktree: Path) -> str | None:
+    """The commit a worktree's detached HEAD names, from its file; None when not readable
+    that way (then git is asked)."""
+    admin = _admin_dir(worktree)
+    try:
+        head = (admin / "HEAD").read_text().strip() if admin is not None else ""
+    except (OSError, UnicodeDecodeError):
+        return None
+    return head if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", head) else None
+
+
 def _move_detached_head(worktree: Path, old: str, new: str) -> bool:
     """Move a pool worktree's detached HEAD from ``old`` to ``new`` as update-ref would (a
     lock file renamed over HEAD), without its process; False when HEAD is not ``old`` or
     is locked, for git to decide. The slot's HEAD reflog is not kept: nobody reads it."""
+    admin = _admin_dir(worktree)
+    if admin is None or _detached_head(worktree) != old:
+        return False
     try:
-        link = (worktree / ".git").read_text()
-        if not link.startswith("gitdir: "):
-            return False
-        admin = Path(link[len("gitdir: "):].strip())
-        head = admin / "HEAD"
-        if head.read_text().strip() != old:
-            return False
-        lock = admin / "HEAD.lock"
+        head, lock = admin / "HEAD", admin / "HEAD.lock"
         fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError:
         return False
@@ -293,13 +309,13 @@ class GitRepo:
         # The usual slot is already at ``commit`` (the request before landed it there) with
         # only what its checks left over: then clean + status suffice, and the checkout (the
         # costliest of the three) is skipped. Tracked files a check changed, or another
-        # commit, take the checkout.
-        proc = git(["clean", "-ffdxq"], cwd=path, check=False)
-        if proc.returncode != 0:
-            return f"git clean failed: {proc.stderr.decode(errors='replace')[:200]}"
-        problem = self._left_over(path, commit)
-        if problem is None:
-            return self._index_flags_problem(path)
+        # commit (known from HEAD's file without a process), take the checkout.
+        if _detached_head(path) == commit:
+            proc = git(["clean", "-ffdxq"], cwd=path, check=False)
+            if proc.returncode != 0:
+                return f"git clean failed: {proc.stderr.decode(errors='replace')[:200]}"
+            if self._left_over(path, commit) is None:
+                return self._index_flags_problem(path)
         for args in (["checkout", "--force", "--detach", commit],
                      ["clean", "-ffdxq"]):
             proc = git(args, cwd=path, check=False)
