@@ -108,3 +108,20 @@ def test_a_pool_slot_whose_add_was_killed_half_way_is_added_again(setup: Setup) 
     assert record["state"] == "landed", record
     assert record["attempts"] == 1
     assert "prunable" not in git(setup.repo, "worktree", "list", "--porcelain")
+
+
+def test_other_worktrees_named_like_a_slot_are_left_alone(setup: Setup) -> None:
+    # A person's own worktree called w0, and another hyperion's slot (its own state_dir):
+    # git names their entries w0 and w01, as it would name the entry of this pool's slot.
+    mine = setup.root / "elsewhere" / "w0"
+    git(setup.repo, "worktree", "add", "-q", "--detach", str(mine), "main")
+    other = setup.root / "other-state" / "worktrees" / "demo" / "w0"
+    git(setup.repo, "worktree", "add", "-q", "--detach", str(other), "main")
+    setup.drop("s.json", setup.request("slot-2", {"app.py": "VALUE = 4\n"}))
+    out = setup.cli("run", "--once")
+    assert out.returncode == 0, out.stderr
+    assert setup.record("slot-2")["state"] == "landed"
+    listed = git(setup.repo, "worktree", "list", "--porcelain")
+    assert str(mine) in listed and str(other) in listed and "prunable" not in listed
+    assert git(mine, "status", "--porcelain") == "" and git(other, "status", "--porcelain") == ""
+    assert "interrupted" not in out.stderr

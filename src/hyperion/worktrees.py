@@ -101,10 +101,13 @@ def repair_interrupted_slot(git_dir: Path, slot: Path) -> bool:
         entry = entries / name
         try:
             if (entry / "locked").read_text(errors="replace").strip() != _ADD_IN_PROGRESS:
-                continue
+                continue     # not being added (no lock file, or locked by a person)
+        except OSError:
+            continue
+        try:
             gitdir = (entry / "gitdir").read_text(errors="replace").strip()
         except FileNotFoundError:
-            gitdir = ""
+            gitdir = ""      # killed before git wrote it: only the name can tell
         except OSError:
             continue
         ours = os.path.realpath(gitdir) == wanted if gitdir else \
