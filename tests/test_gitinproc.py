@@ -153,6 +153,14 @@ def test_a_sha256_repository(tmp_path: Path) -> None:
     assert gitrepo.tree_entries(head, ["d/f", "x"]) == {"d/f": "100644"}
     assert gitrepo.tree_entries(head, ["d"]) == {"d": "040000"}
     assert gitrepo.read_blob(head, "d/f", 10) == b"1\n"
+    tree = git(repo, "rev-parse", "HEAD^{tree}").strip()
+    made = gitrepo.commit_tree(tree, head, "two\n", ("a", "a@example.com"))
+    assert len(made) == 64
+    inproc = InProcessGit(repo / ".git")   # another object format: all left to git
+    assert inproc.modes(head, ["d"]) is None and inproc.commit_of_ref("refs/heads/main") is None
+    inproc.close()
+    assert git(repo, "cat-file", "-t", made).strip() == "commit"
+    assert git(repo, "fsck", "--strict", "--no-dangling") == ""
 
 
 def test_one_gitrepo_per_path_until_the_repository_is_recreated(tmp_path: Path) -> None:

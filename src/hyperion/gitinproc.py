@@ -60,12 +60,19 @@ class InProcessGit:
             try:
                 from dulwich.repo import Repo
 
-                self._repo = Repo(str(self.git_dir))
+                repo = Repo(str(self.git_dir))
             except Exception:
                 # Any format dulwich cannot read: git answers every question instead.
                 self._broken = True
-            else:
-                _OPENED.append(self)
+                return None
+            if _extensions(repo) - _PLAIN_EXTENSIONS:
+                # Another object format (sha256), ref storage, a partial clone...: what
+                # dulwich would read or write there is not certain to be what git does.
+                repo.close()
+                self._broken = True
+                return None
+            self._repo = repo
+            _OPENED.append(self)
         return self._repo
 
     def close(self) -> None:
@@ -245,6 +252,17 @@ class InProcessGit:
         return mode, tree_id
 
 
+#: Repository extensions that change nothing this module reads or writes.
+_PLAIN_EXTENSIONS = {b"worktreeconfig", b"preciousobjects", b"noop"}
+
+
+def _extensions(repo: Any) -> set[bytes]:
+    try:
+        return {name.lower() for name, _ in repo.get_config().items((b"extensions",))}
+    except KeyError:
+        return set()
+
+
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -255,10 +273,10 @@ def _stat_key(path: Path) -> tuple[int, int, int] | None:
 
 def _plain_identity(identity: tuple[str, str]) -> bool:
     """A name and email git would write as given: nothing stripped from their ends, no
-    angle brackets or line breaks inside, neither empty."""
+    angle brackets or control characters inside, neither empty."""
     for part in identity:
         if not part or part[0] in _CRUD or part[-1] in _CRUD or \
-                any(c in part for c in "<>\n\0"):
+                any(c in "<>" or ord(c) < 32 for c in part):
             return False
     return True
 
