@@ -131,6 +131,16 @@ def test_second_request_is_checked_on_top_of_the_first(setup: Setup) -> None:
     assert two["applied_onto"] == one["landed_commit"]
 
 
+def _three_in_one_slot(setup: Setup, prefix: str) -> None:
+    """Three requests, one after the other in one worker (so in one pool slot): all land."""
+    setup.config.write_text(setup.config.read_text().replace("workers: 2", "workers: 1"))
+    for n in range(3):
+        setup.drop(f"{n}.json", setup.request(f"{prefix}-{n}", {f"file{n}.txt": f"{n}\n"},
+                                              depends_on=[f"{prefix}-{n - 1}"] if n else []))
+    assert setup.cli("run", "--once").returncode == 0
+    assert [setup.record(f"{prefix}-{n}")["state"] for n in range(3)] == ["landed"] * 3
+
+
 def test_pool_reuses_a_worktree_and_cleans_what_a_check_left(setup: Setup) -> None:
     # The check first asserts that it starts in a pristine worktree, then dirties it: a
     # tracked file, an untracked one, an ignored-style build folder, an empty folder (which
@@ -146,13 +156,7 @@ def test_pool_reuses_a_worktree_and_cleans_what_a_check_left(setup: Setup) -> No
               "pathlib.Path('junk-from-before.txt').write_text('junk')\n"
               "pathlib.Path('staged.txt').write_text('staged')\n"
               "subprocess.run(['git', 'add', 'staged.txt'], check=True)\n")
-    setup.config.write_text(setup.config.read_text().replace("workers: 2", "workers: 1"))
-    for n in range(3):
-        setup.drop(f"{n}.json", setup.request(f"pool-{n}", {f"file{n}.txt": f"{n}\n"},
-                                              depends_on=[f"pool-{n - 1}"] if n else []))
-    assert setup.cli("run", "--once").returncode == 0
-    for n in range(3):
-        assert setup.record(f"pool-{n}")["state"] == "landed"
+    _three_in_one_slot(setup, "pool")
     slots = sorted(p.name for p in (setup.state / "worktrees" / "demo").iterdir()
                    if not p.name.endswith(".lock"))
     assert slots == ["w0"]
@@ -166,12 +170,7 @@ def test_pool_removes_empty_folders_a_check_left(setup: Setup) -> None:
     use_check(setup, "import pathlib\n"
               "pathlib.Path('out').mkdir()\n"
               "pathlib.Path('nested/empty').mkdir(parents=True)\n")
-    setup.config.write_text(setup.config.read_text().replace("workers: 2", "workers: 1"))
-    for n in range(3):
-        setup.drop(f"{n}.json", setup.request(f"clean-{n}", {f"file{n}.txt": f"{n}\n"},
-                                              depends_on=[f"clean-{n - 1}"] if n else []))
-    assert setup.cli("run", "--once").returncode == 0
-    assert [setup.record(f"clean-{n}")["state"] for n in range(3)] == ["landed"] * 3
+    _three_in_one_slot(setup, "clean")
 
 
 def test_pool_replaces_a_worktree_whose_git_link_a_check_rewrote(setup: Setup) -> None:

@@ -29,7 +29,7 @@ from hyperion.gate.secrets import redact
 from hyperion.metrics import METRICS
 from hyperion.records import Record, State
 from hyperion.result_notes import ResultNotes
-from hyperion.spool import Lease, LeaseLost, Spool
+from hyperion.spool import Lease, LeaseLost, Spool, lease_parsed
 
 log = logging.getLogger("hyperion.report")
 
@@ -187,15 +187,8 @@ class Reporter:
         out as one digest."""
         delivered = self.notes.deliver_ready(owner)
         while stop is None or not stop.is_set():
-            batch: list[tuple[Lease, Message]] = []
-            while len(batch) < BATCH:
-                lease = self.outbox.lease(owner, ttl_s=120)
-                if lease is None:
-                    break
-                try:
-                    batch.append((lease, Message.model_validate_json(lease.payload)))
-                except ValueError:
-                    self.outbox.bury(lease, "unreadable message")
+            batch = lease_parsed(self.outbox, owner, BATCH, Message.model_validate_json,
+                                 lambda lease: self.outbox.bury(lease, "unreadable message"))
             if not batch:
                 return delivered
             groups: dict[tuple[str, ...], list[tuple[Lease, Message]]] = {}

@@ -32,7 +32,7 @@ from hyperion.config import Config
 from hyperion.gate.secrets import redact
 from hyperion.gitops import GitError, GitRepo
 from hyperion.records import TERMINAL, Record
-from hyperion.spool import Lease, LeaseLost, Spool
+from hyperion.spool import Lease, LeaseLost, Spool, lease_parsed
 
 log = logging.getLogger("hyperion.report.notes")
 
@@ -127,15 +127,8 @@ class ResultNotes:
             self._next_prune = time.monotonic() + PRUNE_EVERY_S
         written = 0
         while True:
-            batch: list[tuple[Lease, PendingNote]] = []
-            while len(batch) < BATCH_MAX:
-                lease = self.outbox.lease(owner, ttl_s=120)
-                if lease is None:
-                    break
-                try:
-                    batch.append((lease, PendingNote.model_validate_json(lease.payload)))
-                except ValueError:
-                    self._close(lease, ok=False, why="unreadable")
+            batch = lease_parsed(self.outbox, owner, BATCH_MAX, PendingNote.model_validate_json,
+                                 lambda lease: self._close(lease, ok=False, why="unreadable"))
             if not batch:
                 return written
             usable = []

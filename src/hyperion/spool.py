@@ -194,11 +194,11 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any
+from typing import Any, TypeVar
 
 from hyperion import spool_journal
 from hyperion.fsutil import fsync_dir, write_atomic
@@ -1664,3 +1664,24 @@ class Spool:
 
     def _in_corrupt(self, item_id: str) -> bool:
         return any(_name_id(raw) == item_id for raw in self._names(self.corrupt))
+
+
+Parsed = TypeVar("Parsed")
+
+
+def lease_parsed(spool: Spool, owner: str, limit: int, parse: Callable[[bytes], Parsed],
+                 unreadable: Callable[[Lease], None], *, ttl_s: float = 120,
+                 ) -> list[tuple[Lease, Parsed]]:
+    """Up to ``limit`` ready items leased at once, each with its payload parsed (an outbox's
+    delivery pass); an item whose payload ``parse`` refuses (ValueError) goes to
+    ``unreadable`` instead."""
+    batch: list[tuple[Lease, Parsed]] = []
+    while len(batch) < limit:
+        lease = spool.lease(owner, ttl_s=ttl_s)
+        if lease is None:
+            break
+        try:
+            batch.append((lease, parse(lease.payload)))
+        except ValueError:
+            unreadable(lease)
+    return batch
