@@ -410,3 +410,18 @@ def test_a_slow_check_is_recorded_when_it_ends_and_a_failure_keeps_where_it_appl
     assert failed["applied_onto"] == record["landed_commit"]
     assert failed["apply_method"] == "clean"
     assert [(c["name"], c["exit_code"]) for c in failed["checks"]] == [("unit", 4)]
+
+
+def test_rollback_ignores_the_repositorys_diff_settings(setup: Setup) -> None:
+    # A repository may ask git diff for no a/ b/ prefixes, or paths relative to a folder:
+    # the revert patch hyperion makes must still be one that git apply and the gate read.
+    setup.drop("c.json", setup.request("tidy-1", {"docs/readme.txt": "tidied\n"}))
+    assert setup.cli("run", "--once").returncode == 0
+    assert setup.record("tidy-1")["state"] == "landed"
+    git(setup.repo, "config", "diff.noprefix", "true")
+    git(setup.repo, "config", "diff.relative", "true")
+    assert setup.cli("rollback", "tidy-1").returncode == 0
+    assert setup.cli("run", "--once").returncode == 0
+    assert setup.record("tidy-1.rollback")["state"] == "landed", \
+        setup.record("tidy-1.rollback")["error"]
+    assert (setup.repo / "docs/readme.txt").read_text() == "hello\n"

@@ -486,21 +486,15 @@ class GitRepo:
         return self.commit(worktree, parent, message, author)
 
     def diff_text(self, old: str, new: str) -> str:
-        """The git-style diff from commit ``old`` to ``new`` (renames, modes, binary content),
-        whatever the repository's diff settings. Bytes that are not UTF-8 are kept as
-        surrogates, which the secret scanner reports rather than reads past."""
-        out = git(["-c", "core.quotePath=true", "diff", "--binary", "--full-index",
-                   "--find-renames", "--no-color", "--no-ext-diff", "--no-textconv",
-                   "--no-relative", "--src-prefix=a/", "--dst-prefix=b/", old, new, "--"],
-                  cwd=self.git_dir).stdout
-        return out.decode("utf-8", errors="surrogateescape")
+        """The diff from commit ``old`` to ``new`` with renames (see :meth:`diff`). Bytes
+        that are not UTF-8 are kept as surrogates, which the secret scanner reports rather
+        than reads past."""
+        return self.diff(old, new, renames=True).decode("utf-8", errors="surrogateescape")
 
     def carry(self, worktree: Path, old: str, new: str) -> bool:
         """Apply the change from ``old`` to ``new`` to the worktree (index and files, three-way
         where needed); False, changing nothing, when it does not apply."""
-        patch = git(["diff", "--binary", "--full-index", "--no-color", "--no-ext-diff",
-                     "--no-textconv", "--no-relative", "--src-prefix=a/", "--dst-prefix=b/",
-                     old, new, "--"], cwd=self.git_dir).stdout
+        patch = self.diff(old, new, renames=True)
         if not patch:
             return True
         proc = git(["apply", "--index", "--3way", "--whitespace=nowarn", "-"], cwd=worktree,
@@ -616,10 +610,14 @@ class GitRepo:
         proc = self._read(["merge-base", "--end-of-options", a, b], check=False)
         return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
 
-    def diff(self, old: str, new: str) -> bytes:
-        """A git-style diff of two commits that `git apply` takes back (binary included)."""
-        return self._read(["diff", "--binary", "--full-index", "--no-renames", "--no-color",
-                           "--no-ext-diff", "--no-textconv", "--end-of-options", old, new,
+    def diff(self, old: str, new: str, *, renames: bool = False) -> bytes:
+        """The git-style diff of two commits that `git apply` and the gate take back (modes,
+        binary content; renames only when asked), whatever the repository's diff settings
+        (no prefixes, relative paths, external drivers, unquoted paths)."""
+        return self._read(["-c", "core.quotePath=true", "diff", "--binary", "--full-index",
+                           "--find-renames" if renames else "--no-renames", "--no-color",
+                           "--no-ext-diff", "--no-textconv", "--no-relative",
+                           "--src-prefix=a/", "--dst-prefix=b/", "--end-of-options", old, new,
                            "--"]).stdout
 
     def commit_origin(self, sha: str) -> CommitOrigin | None:
