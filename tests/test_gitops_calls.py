@@ -148,3 +148,16 @@ def test_a_slot_reset_takes_the_checkout_only_when_it_needs_it(tmp_path: Path,
     assert calls == ["checkout", "clean", "status"]
     assert (slot / "c.txt").read_text() == "gamma 2\n"
     assert git(slot, "status", "--porcelain", "--ignored") == ""
+
+
+def test_a_slot_at_its_commit_with_a_hidden_change_is_not_trusted(tmp_path: Path) -> None:
+    # The clean + status path (no checkout) must not miss what status cannot see either.
+    repo_path = make_repo(tmp_path / "r", FILES)
+    head = git(repo_path, "rev-parse", "HEAD").strip()
+    repo = GitRepo(repo_path)
+    slot = tmp_path / "slot"
+    repo.worktree_add(slot, head)
+    git(slot, "update-index", "--skip-worktree", "a.txt")
+    (slot / "a.txt").write_text("written by a check\n")
+    problem = repo.worktree_reset(slot, head)
+    assert problem is not None and "skip-worktree" in problem
