@@ -22,11 +22,11 @@ the process, behind a lock.
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,9 @@ class InProcessGit:
                 self._broken = True
                 return None
             self._repo = repo
-            _OPENED.append(self)
+            # Its pack files are closed when this goes away, or at exit (dulwich warns, with
+            # tracebacks, about packs still open then).
+            weakref.finalize(self, repo.close)
         return self._repo
 
     def close(self) -> None:
@@ -291,13 +293,3 @@ def _canonical(mode: int) -> int:
 def _split(path: str) -> list[bytes] | None:
     parts = path.encode("utf-8", "surrogateescape").split(b"/")
     return None if any(p in (b"", b".", b"..") for p in parts) else parts
-
-
-_OPENED: list[InProcessGit] = []
-
-
-@atexit.register
-def _close_all() -> None:
-    # dulwich warns (with tracebacks) about pack files still open at interpreter exit.
-    for reader in _OPENED:
-        reader.close()

@@ -130,10 +130,10 @@ def _admin_dir(worktree: Path) -> Path | None:
     return Path(link[len("gitdir: "):].strip()) if link.startswith("gitdir: ") else None
 
 
-def _detached_head(worktree: Path) -> str | None:
-    """The commit a worktree's detached HEAD names, from its file; None when not readable
-    that way (then git is asked)."""
-    admin = _admin_dir(worktree)
+def _detached_head(worktree: Path, admin: Path | None = None) -> str | None:
+    """The commit a worktree's detached HEAD names, from its file (in ``admin``, its folder
+    in the repository, when known); None when not readable that way (then git is asked)."""
+    admin = admin or _admin_dir(worktree)
     try:
         head = (admin / "HEAD").read_text().strip() if admin is not None else ""
     except (OSError, UnicodeDecodeError):
@@ -146,7 +146,7 @@ def _move_detached_head(worktree: Path, old: str, new: str) -> bool:
     lock file renamed over HEAD), without its process; False when HEAD is not ``old`` or
     is locked, for git to decide. The slot's HEAD reflog is not kept: nobody reads it."""
     admin = _admin_dir(worktree)
-    if admin is None or _detached_head(worktree) != old:
+    if admin is None or _detached_head(worktree, admin) != old:
         return False
     try:
         head, lock = admin / "HEAD", admin / "HEAD.lock"

@@ -739,10 +739,16 @@ _views: weakref.WeakValueDictionary[tuple[str, int, int], _View] = (
     weakref.WeakValueDictionary())
 
 
-def _dir_sync(path: Path) -> _DirSync:
+def _identity(path: Path) -> tuple[str, tuple[str, int, int]]:
+    """A directory's real path, and the key of its per-process helpers: a directory made
+    again at the same path gets new ones."""
     real = os.path.realpath(path)
     st = os.stat(real)
-    key = (real, st.st_dev, st.st_ino)        # a directory made again gets a new one
+    return real, (real, st.st_dev, st.st_ino)
+
+
+def _dir_sync(path: Path) -> _DirSync:
+    real, key = _identity(path)
     with _registry_lock:
         sync = _syncs.get(key)
         if sync is None:
@@ -751,9 +757,7 @@ def _dir_sync(path: Path) -> _DirSync:
 
 
 def _view_of(root: Path) -> _View:
-    real = os.path.realpath(root)
-    st = os.stat(real)
-    key = (real, st.st_dev, st.st_ino)
+    real, key = _identity(root)
     with _registry_lock:
         view = _views.get(key)
         if view is None:
@@ -767,9 +771,7 @@ _replayed: set[tuple[str, int, int]] = set()      # roots made whole for this bo
 
 
 def _journal_of(root: Path) -> spool_journal.Journal:
-    real = os.path.realpath(root)
-    st = os.stat(real)
-    key = (real, st.st_dev, st.st_ino)
+    real, key = _identity(root)
     with _registry_lock:
         journal = _journals.get(key)
         if journal is None:

@@ -50,7 +50,7 @@ class GitInbox:
         config = app.config.repos[repo]
         assert config.git_inbox is not None
         self.inbox = config.git_inbox
-        self.git = GitRepo(config.path)
+        self.git = GitRepo.at(config.path)
         self.state = GitInboxState(app.config.state_dir, repo)
         self._lock = threading.Lock()
 

@@ -47,7 +47,7 @@ class RemoteSync:
         if not config.path.exists():
             GitRepo.init_bare(config.path)
             log.info("remote mode %s: created the bare clone %s", repo, config.path)
-        self.git = GitRepo(config.path)
+        self.git = GitRepo.at(config.path)
         if not self.git.bare:
             raise GitError(["init"], 1, f"remote mode needs `path` to be a bare clone that "
                            f"hyperion keeps; {config.path} has a working tree")
