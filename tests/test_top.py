@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Static
+from textual.widgets import DataTable, Static
+from textual.widgets.data_table import RowKey
 
 from hyperion.config import Config
 from hyperion.errors import Code, ErrorInfo
@@ -276,3 +277,17 @@ def test_audit_tail_reads_only_complete_lines(tmp_path: Path) -> None:
     short = tmp_path / "short.jsonl"
     short.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
     assert [e["id"] for e in read_events(short, 20)] == ["b", "a"]
+
+
+def test_a_row_highlight_arriving_during_shutdown_is_ignored(state_dir: Path) -> None:
+    # CI once failed here: a cursor move's RowHighlighted event was handled after the table
+    # had been removed on exit, and query_one raised NoMatches out of the handler.
+    populate(state_dir)
+
+    async def steps(pilot: Pilot[int], app: TopApp) -> None:
+        table = app.table
+        late = DataTable.RowHighlighted(table, 0, RowKey("a-queued"))
+        await table.remove()
+        app.on_data_table_row_highlighted(late)
+
+    drive(TopApp(Config(state_dir=state_dir), refresh_s=60), steps)

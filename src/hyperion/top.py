@@ -466,8 +466,12 @@ class TopApp(App[int]):
         table.move_cursor(row=min(max(index, 0), len(records) - 1), scroll=True)
 
     def _show_detail(self) -> None:
-        detail = render_detail(self.selected_record, self.state_filter)
-        self.query_one("#detail", Static).update(detail)
+        try:
+            detail = render_detail(self.selected_record, self.state_filter)
+            self.query_one("#detail", Static).update(detail)
+        except NoMatches:
+            # A cursor move's event can arrive while the app is shutting down.
+            return
 
 
 def run_top(config: Config, *, state_filter: str | None = None) -> int:
