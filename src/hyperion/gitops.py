@@ -130,7 +130,7 @@ def _admin_dir(worktree: Path) -> Path | None:
     return Path(link[len("gitdir: "):].strip()) if link.startswith("gitdir: ") else None
 
 
-def _detached_head(worktree: Path, admin: Path | None = None) -> str | None:
+def detached_head(worktree: Path, admin: Path | None = None) -> str | None:
     """The commit a worktree's detached HEAD names, from its file (in ``admin``, its folder
     in the repository, when known); None when not readable that way (then git is asked)."""
     admin = admin or _admin_dir(worktree)
@@ -146,7 +146,7 @@ def _move_detached_head(worktree: Path, old: str, new: str) -> bool:
     lock file renamed over HEAD), without its process; False when HEAD is not ``old`` or
     is locked, for git to decide. The slot's HEAD reflog is not kept: nobody reads it."""
     admin = _admin_dir(worktree)
-    if admin is None or _detached_head(worktree, admin) != old:
+    if admin is None or detached_head(worktree, admin) != old:
         return False
     try:
         head, lock = admin / "HEAD", admin / "HEAD.lock"
@@ -310,7 +310,7 @@ class GitRepo:
         # only what its checks left over: then clean + status suffice, and the checkout (the
         # costliest of the three) is skipped. Tracked files a check changed, or another
         # commit (known from HEAD's file without a process), take the checkout.
-        if _detached_head(path) == commit:
+        if detached_head(path) == commit:
             proc = git(["clean", "-ffdxq"], cwd=path, check=False)
             if proc.returncode != 0:
                 return f"git clean failed: {proc.stderr.decode(errors='replace')[:200]}"

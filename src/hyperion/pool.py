@@ -14,6 +14,13 @@ repository's worktree and hold nothing but that commit (nothing modified, staged
 ignored, and no file marked skip-worktree, which checkout and status would both pass over). A
 slot that fails the guard is removed and added afresh, so a check that wrecked its worktree
 costs one full checkout, not a wrong result.
+
+The reset runs when a slot is given back, not when it is next taken: the process keeps the
+slot's lock and resets it to its own HEAD (the commit just made) in a background thread while
+the worker lands, records and leases the next request. The next checkout of the repository
+takes that slot, waits for its reset, and uses it as is when the reset found it clean at the
+wanted commit less than ``FRESH_S`` ago; otherwise it resets it again, as above. The lock is
+held from the reset to the next use, so no other hyperion touched the slot in between.
 """
 
 from __future__ import annotations
@@ -23,12 +30,16 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from hyperion import worktrees
-from hyperion.gitops import GitError, GitRepo
+from hyperion.gitops import GitError, GitRepo, detached_head
 
 log = logging.getLogger("hyperion.pool")
 
@@ -36,6 +47,12 @@ log = logging.getLogger("hyperion.pool")
 #: the disk.
 MAX_SLOTS = 64
 _SLOT = re.compile(r"^w(\d+)$")
+#: A background reset older than this is done again at checkout: the guard should speak of
+#: the slot as the next check finds it, and a person or a stray process may have been in it.
+FRESH_S = 2.0
+#: Slots this process keeps locked after their reset, over all repositories; beyond that the
+#: oldest is unlocked (it costs its next user one reset, nothing else).
+MAX_RESET_SLOTS = 16
 
 
 class PoolExhausted(RuntimeError):
@@ -55,16 +72,30 @@ class WorktreePool:
         """A worktree of ``repo`` at ``commit`` (detached), clean, for this caller alone."""
         directory = self.root / repo_name
         directory.mkdir(parents=True, exist_ok=True)
-        for n in range(MAX_SLOTS):
-            fd = _try_lock(directory / f"w{n}.lock")
-            if fd is None:
-                continue
+        held = _RESETS.take(directory)
+        if held is not None:
+            fd, path = held.fd, held.path
             try:
-                path = directory / f"w{n}"
-                self._prepare(repo_name, repo, path, commit)
-                yield path
-            finally:
+                if not held.clean_at(commit):
+                    self._prepare(repo_name, repo, path, commit)
+            except BaseException:
                 os.close(fd)
+                raise
+            with _giving_back(fd, repo, path):
+                yield path
+            return
+        for n in range(MAX_SLOTS):
+            free = _try_lock(directory / f"w{n}.lock")
+            if free is None:
+                continue
+            fd, path = free, directory / f"w{n}"
+            try:
+                self._prepare(repo_name, repo, path, commit)
+            except BaseException:
+                os.close(fd)
+                raise
+            with _giving_back(fd, repo, path):
+                yield path
             return
         raise PoolExhausted(f"all {MAX_SLOTS} worktree slots of {repo_name} are in use")
 
@@ -123,6 +154,100 @@ class WorktreePool:
             elif path.exists():
                 shutil.rmtree(path, ignore_errors=True)
             repo.prune_worktrees()
+
+
+@dataclass
+class _HeldSlot:
+    """A slot this process gave back and keeps locked while it is reset in the background."""
+
+    fd: int
+    path: Path
+    commit: str
+    given_at: float
+    #: The reset's outcome: why the slot cannot be trusted (None: clean) and when it ended.
+    reset: Future[tuple[str | None, float]]
+
+    def clean_at(self, commit: str) -> bool:
+        """Whether the reset left it clean at ``commit`` recently enough to use as is."""
+        try:
+            problem, finished_at = self.reset.result()
+        except Exception:                   # any failure: reset it again
+            return False
+        return (problem is None and self.commit == commit
+                and time.monotonic() - finished_at <= FRESH_S)
+
+
+class _ResetSlots:
+    """The slots this process gave back, reset or being reset, still locked: a list per
+    repository's folder (``worktrees/<repo>``), oldest first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[Path, list[_HeldSlot]] = {}
+        self._executor: ThreadPoolExecutor | None = None
+
+    def give_back(self, fd: int, repo: GitRepo, path: Path) -> None:
+        """Reset the slot in the background, keeping its lock; closes ``fd`` in the end."""
+        commit = detached_head(path)
+        if commit is None:
+            # A check moved HEAD where only git can tell: the next checkout resets it fully.
+            os.close(fd)
+            return
+
+        def reset() -> tuple[str | None, float]:
+            return repo.worktree_reset(path, commit), time.monotonic()
+
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=2,
+                                                    thread_name_prefix="pool-reset")
+            try:
+                future = self._executor.submit(reset)
+            except RuntimeError:             # the interpreter is shutting down
+                os.close(fd)
+                return
+            self._held.setdefault(path.parent, []).append(
+                _HeldSlot(fd, path, commit, time.monotonic(), future))
+            evicted = self._over_limit()
+        for old in evicted:
+            old.reset.add_done_callback(_closer(old.fd))
+
+    def take(self, directory: Path) -> _HeldSlot | None:
+        """The newest slot given back in ``directory`` (the likeliest to be at the wanted
+        commit), now the caller's to close; None when there is none."""
+        with self._lock:
+            waiting = self._held.get(directory)
+            if not waiting:
+                return None
+            held = waiting.pop()
+            if not waiting:
+                del self._held[directory]
+            return held
+
+    def _over_limit(self) -> list[_HeldSlot]:
+        evicted: list[_HeldSlot] = []
+        while sum(len(v) for v in self._held.values()) > MAX_RESET_SLOTS:
+            oldest = min(self._held, key=lambda key: self._held[key][0].given_at)
+            evicted.append(self._held[oldest].pop(0))
+            if not self._held[oldest]:
+                del self._held[oldest]
+        return evicted
+
+
+def _closer(fd: int) -> Callable[[object], None]:
+    return lambda _: os.close(fd)
+
+
+_RESETS = _ResetSlots()
+
+
+@contextmanager
+def _giving_back(fd: int, repo: GitRepo, path: Path) -> Iterator[None]:
+    """The caller's use of a locked slot; afterwards it is reset in the background."""
+    try:
+        yield
+    finally:
+        _RESETS.give_back(fd, repo, path)
 
 
 def _try_lock(path: Path) -> int | None:

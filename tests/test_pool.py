@@ -1,0 +1,124 @@
+"""The worktree pool's hand-over: a slot given back is reset in the background while this
+process keeps it locked, and the next checkout uses that reset only when it is recent and at
+the wanted commit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import git, make_repo
+
+import hyperion.gitops as gitops
+import hyperion.pool as pool_module
+from hyperion.gitops import GitRepo
+from hyperion.pool import WorktreePool
+
+FILES = {"a.txt": "alpha\n", "b.txt": "beta\n"}
+
+
+def _git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = gitops.git
+
+    def counting(args: list[str], **kwargs: object) -> object:
+        calls.append(args[0])
+        return real(args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gitops, "git", counting)
+    return calls
+
+
+def _setup(tmp_path: Path) -> tuple[GitRepo, str, WorktreePool]:
+    repo = GitRepo(make_repo(tmp_path / "r", FILES))
+    head = git(repo.git_dir, "rev-parse", "HEAD").strip()
+    (tmp_path / "locks").mkdir()
+    return repo, head, WorktreePool(tmp_path / "worktrees", tmp_path / "locks")
+
+
+def _locked_elsewhere(lock: Path) -> bool:
+    """Whether another process finds ``lock`` held (flock, as another hyperion would)."""
+    probe = ("import fcntl, os, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "except BlockingIOError:\n    sys.exit(1)\n")
+    return subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 1
+
+
+def test_a_slot_given_back_is_reset_at_once_and_reused_without_another_reset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, head, pool = _setup(tmp_path)
+    with pool.checkout("demo", repo, head) as slot:
+        (slot / "junk.txt").write_text("left by a check\n")
+        (slot / "build").mkdir()
+    calls = _git_calls(monkeypatch)
+    # Given back, still locked: no other process can take it between its reset and its use.
+    assert _locked_elsewhere(tmp_path / "worktrees" / "demo" / "w0.lock")
+    with pool.checkout("demo", repo, head) as again:
+        assert again == slot
+        assert not (slot / "junk.txt").exists() and not (slot / "build").exists()
+        # The background reset's clean + status; nothing more at checkout.
+        assert calls == ["clean", "status"]
+        calls.clear()
+    with pool.checkout("demo", repo, head):
+        pass
+    assert calls == ["clean", "status"]
+
+
+def test_a_reset_that_is_no_longer_fresh_is_done_again(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, head, pool = _setup(tmp_path)
+    monkeypatch.setattr(pool_module, "FRESH_S", 0.0)
+    with pool.checkout("demo", repo, head) as slot:
+        pass
+    calls = _git_calls(monkeypatch)
+    # Written after the background reset ran, as a person or a stray process could.
+    with pool.checkout("demo", repo, head):
+        pass
+    calls.clear()
+    (slot / "stray.txt").write_text("x")
+    with pool.checkout("demo", repo, head):
+        assert not (slot / "stray.txt").exists()
+        assert calls[-2:] == ["clean", "status"] and len(calls) >= 4
+
+
+def test_a_slot_given_back_at_another_commit_is_checked_out(tmp_path: Path) -> None:
+    repo, first, pool = _setup(tmp_path)
+    (repo.git_dir.parent / "a.txt").write_text("alpha 2\n")
+    git(repo.git_dir.parent, "commit", "-q", "-am", "second")
+    second = git(repo.git_dir.parent, "rev-parse", "HEAD").strip()
+    with pool.checkout("demo", repo, first) as slot:
+        (slot / "b.txt").write_text("scribbled\n")
+    with pool.checkout("demo", repo, second) as again:
+        assert again == slot
+        assert (slot / "a.txt").read_text() == "alpha 2\n"
+        assert (slot / "b.txt").read_text() == "beta\n"
+        assert git(slot, "status", "--porcelain", "--ignored") == ""
+
+
+def test_a_slot_whose_head_a_check_attached_to_a_branch_is_reset_fully(tmp_path: Path) -> None:
+    repo, head, pool = _setup(tmp_path)
+    with pool.checkout("demo", repo, head) as slot:
+        git(slot, "checkout", "-q", "-b", "scratch")
+        (slot / "a.txt").write_text("on a branch\n")
+    with pool.checkout("demo", repo, head) as again:
+        assert again == slot
+        assert git(slot, "rev-parse", "HEAD").strip() == head
+        assert git(slot, "status", "--porcelain", "--ignored") == ""
+        assert (slot / "a.txt").read_text() == "alpha\n"
+
+
+def test_beyond_the_limit_the_oldest_slot_given_back_is_unlocked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "MAX_RESET_SLOTS", 1)
+    repo, head, pool = _setup(tmp_path)
+    with pool.checkout("one", repo, head):
+        pass
+    with pool.checkout("two", repo, head):
+        pass
+    assert not _locked_elsewhere(tmp_path / "worktrees" / "one" / "w0.lock")
+    assert _locked_elsewhere(tmp_path / "worktrees" / "two" / "w0.lock")
+    with pool.checkout("two", repo, head):
+        pass
