@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from conftest import git, make_repo
 
 from hyperion.gitops import GitRepo
@@ -161,3 +162,54 @@ def test_a_slot_at_its_commit_with_a_hidden_change_is_not_trusted(tmp_path: Path
     (slot / "a.txt").write_text("written by a check\n")
     problem = repo.worktree_reset(slot, head)
     assert problem is not None and "skip-worktree" in problem
+
+
+def _slot_with_a_commit(tmp_path: Path) -> tuple[GitRepo, Path, str]:
+    """A pool-like slot in which hyperion applied a patch and committed it, as a worker does."""
+    repo_path = make_repo(tmp_path / "r", FILES)
+    head = git(repo_path, "rev-parse", "HEAD").strip()
+    repo = GitRepo(repo_path)
+    slot = tmp_path / "slot"
+    repo.worktree_add(slot, head)
+    assert GitRepo.try_apply(slot, _patch("alpha\n", "ALPHA\n", "beta\n", "BETA\n")) is None
+    commit = repo.commit(slot, head, "change\n", ("Agent", "agent@example.invalid"))
+    return repo, slot, commit
+
+
+def test_a_slot_its_check_left_untouched_is_proven_clean_by_one_ls_files(
+        tmp_path: Path, monkeypatch: object) -> None:
+    repo, slot, commit = _slot_with_a_commit(tmp_path)
+    calls = _git_calls(monkeypatch)
+    assert repo.worktree_reset(slot, commit) is None
+    assert calls == ["ls-files"]
+
+
+@pytest.mark.parametrize("leftover", ["untracked", "empty-folder", "ignored", "modified",
+                                      "deleted", "staged", "touched-index"])
+def test_whatever_a_check_left_after_a_commit_takes_the_full_reset(
+        tmp_path: Path, monkeypatch: object, leftover: str) -> None:
+    repo, slot, commit = _slot_with_a_commit(tmp_path)
+    if leftover == "untracked":
+        (slot / "new.txt").write_text("x")
+    elif leftover == "empty-folder":
+        (slot / "out" / "deeper").mkdir(parents=True)
+    elif leftover == "ignored":
+        git(slot, "config", "core.excludesFile", str(tmp_path / "ignore"))
+        (tmp_path / "ignore").write_text("*.o\n")
+        (slot / "x.o").write_text("object")
+    elif leftover == "modified":
+        (slot / "c.txt").write_text("GAMMA\n")         # same size, same second as the index
+    elif leftover == "deleted":
+        (slot / "c.txt").unlink()
+    elif leftover == "staged":
+        (slot / "s.txt").write_text("staged\n")
+        git(slot, "add", "s.txt")                     # nothing untracked, modified or deleted
+    elif leftover == "touched-index":
+        git(slot, "update-index", "--refresh")
+    calls = _git_calls(monkeypatch)
+    assert repo.worktree_reset(slot, commit) is None
+    assert "clean" in calls and "status" in calls
+    assert git(slot, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+    assert not (slot / "out").exists()
+    assert (slot / "c.txt").read_text() == "gamma\n"
+    assert git(slot, "ls-files", "s.txt") == ""

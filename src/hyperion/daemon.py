@@ -98,7 +98,7 @@ def run_once(app: App, *, workers: int) -> None:
     _recover(app)
     Inbox(app).scan(wait=True)
     syncs = take_git_once(app)
-    pool = [Worker(app, _worker_name(i)) for i in range(workers)]
+    pool = [Worker(app, _worker_name(i), land_behind=True) for i in range(workers)]
     while True:
         threads = [threading.Thread(target=_drain, args=(w,), name=w.name) for w in pool]
         for t in threads:
@@ -113,8 +113,12 @@ def run_once(app: App, *, workers: int) -> None:
 
 
 def _drain(worker: Worker) -> None:
-    while worker.run_one():
-        pass
+    # What the landing stage finishes can queue more (a lost race, released dependents).
+    try:
+        while worker.run_one() or worker.settle():
+            pass
+    finally:
+        worker.close()
 
 
 class Daemon:
@@ -178,7 +182,7 @@ class Daemon:
         notify = threading.Thread(target=self._deliver, name="notify", daemon=True)
         threads = [intake, *git_threads, notify]
         for i in range(self.workers):
-            worker = Worker(app, _worker_name(i))
+            worker = Worker(app, _worker_name(i), land_behind=True)
             self._busy[worker.name] = None
             threads.append(threading.Thread(target=self._work, args=(worker,), name=worker.name,
                                             daemon=True))
@@ -259,19 +263,22 @@ class Daemon:
         log.info("stopped")
 
     def _work(self, worker: Worker) -> None:
-        while not self.stop.is_set():
-            seen = self.app.spool.additions()
-            try:
-                busy = worker.run_one(on_lease=lambda id: self._busy.__setitem__(worker.name,
-                                                                                  id))
-            except Exception:  # the worker thread must survive anything a request does
-                log.exception("worker %s: unexpected error; continuing", worker.name)
-                busy = False
-            self._busy[worker.name] = None
-            if not busy:
-                # Woken at once by an item this process queues (the intake thread, a retry),
-                # within 50 ms by another process's (`hyperion submit`).
-                self.app.spool.wait_for_work(seen, IDLE_POLL_S)
+        try:
+            while not self.stop.is_set():
+                seen = self.app.spool.additions()
+                try:
+                    busy = worker.run_one(on_lease=lambda id: self._busy.__setitem__(
+                        worker.name, id))
+                except Exception:  # the worker thread must survive anything a request does
+                    log.exception("worker %s: unexpected error; continuing", worker.name)
+                    busy = False
+                self._busy[worker.name] = None
+                if not busy:
+                    # Woken at once by an item this process queues (the intake thread, a
+                    # retry, the landing stage's), within 50 ms by another process's.
+                    self.app.spool.wait_for_work(seen, IDLE_POLL_S)
+        finally:
+            worker.close()                   # what was checked still lands
 
     def _deliver(self) -> None:
         """The outbox's delivery thread: landing never waits for a notification."""

@@ -130,6 +130,26 @@ def _admin_dir(worktree: Path) -> Path | None:
     return Path(link[len("gitdir: "):].strip()) if link.startswith("gitdir: ") else None
 
 
+#: Per pool worktree, the index file its last commit was written from (see _index_mark).
+_COMMITTED_INDEX: dict[Path, tuple[str, tuple[int, int, int, int, bytes]]] = {}
+
+
+def _index_mark(worktree: Path) -> tuple[int, int, int, int, bytes] | None:
+    """What identifies the worktree's index file as written: its inode, size, times and
+    trailing checksum (git rewrites an index through a new file, never in place)."""
+    admin = _admin_dir(worktree)
+    if admin is None:
+        return None
+    try:
+        with open(admin / "index", "rb") as index:
+            st = os.fstat(index.fileno())
+            index.seek(max(0, st.st_size - 32))
+            tail = index.read()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, tail
+
+
 def detached_head(worktree: Path, admin: Path | None = None) -> str | None:
     """The commit a worktree's detached HEAD names, from its file (in ``admin``, its folder
     in the repository, when known); None when not readable that way (then git is asked)."""
@@ -311,6 +331,8 @@ class GitRepo:
         # costliest of the three) is skipped. Tracked files a check changed, or another
         # commit (known from HEAD's file without a process), take the checkout.
         if detached_head(path) == commit:
+            if self._untouched_since_commit(path, commit):
+                return self._index_flags_problem(path)
             proc = git(["clean", "-ffdxq"], cwd=path, check=False)
             if proc.returncode != 0:
                 return f"git clean failed: {proc.stderr.decode(errors='replace')[:200]}"
@@ -325,6 +347,20 @@ class GitRepo:
         if problem is not None:
             return problem
         return self._index_flags_problem(path)
+
+    @staticmethod
+    def _untouched_since_commit(path: Path, commit: str) -> bool:
+        """Whether the worktree is exactly ``commit`` as this process committed it there:
+        the index is the very file the commit was written from (so nothing is staged), and
+        git lists no untracked or ignored file or folder (empty ones included) and no tracked
+        file modified or deleted. One read-only ls-files instead of clean + status, for a
+        check that left nothing behind."""
+        mark = _COMMITTED_INDEX.get(path)
+        if mark is None or mark[0] != commit or mark[1] != _index_mark(path):
+            return False
+        proc = git(["ls-files", "-z", "--others", "--directory", "--modified", "--deleted"],
+                   cwd=path, check=False)
+        return proc.returncode == 0 and proc.stdout == b""
 
     @staticmethod
     def _left_over(path: Path, commit: str) -> str | None:
@@ -408,9 +444,12 @@ class GitRepo:
                author_date: str | None = None) -> str:
         """Commit the worktree's index on ``parent`` (its HEAD); HEAD moves there."""
         tree = _out(["write-tree"], cwd=worktree)
+        mark = _index_mark(worktree)
         sha = self.commit_tree(tree, parent, message, author, author_date)
         if not _move_detached_head(worktree, parent, sha):
             git(["update-ref", "--no-deref", "HEAD", sha], cwd=worktree)
+        if mark is not None:
+            _COMMITTED_INDEX[worktree] = (sha, mark)
         return sha
 
     # -- three-way fallback (no worktree needed)

@@ -6,10 +6,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hyperion.errors import Code, ErrorInfo
 from hyperion.metrics import METRICS
 from hyperion.records import State
+
+if TYPE_CHECKING:
+    from hyperion.land_stage import Handed
+    from hyperion.landing import Lander
 
 
 class Failed(Exception):
@@ -35,12 +40,26 @@ class Retry(Exception):
 
 
 @dataclass(frozen=True)
+class Landing:
+    """A checked commit still to land: ``handed`` (its target and commit) by ``lander``,
+    from ``tip``, the commit it was applied onto, after ``record_fields`` (where it applied,
+    its check results) are written to its record."""
+
+    handed: Handed
+    lander: Lander
+    tip: str
+    record_fields: dict[str, object]
+
+
+@dataclass(frozen=True)
 class Result:
-    """A green attempt: landed (on ``ref``, or the target when None), or verified (dry run)."""
+    """A green attempt: landed (on ``ref``, or the target when None), or verified (dry run);
+    or checked and still to land (``landing``), by the worker's landing stage."""
 
     state: State
     commit: str
     ref: str | None = None
+    landing: Landing | None = None
 
 
 @dataclass

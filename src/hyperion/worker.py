@@ -33,7 +33,8 @@ from hyperion.gate.review import tree_refusal
 from hyperion.gitops import GitError, GitRepo
 from hyperion.intake.dependencies import settle_dependents
 from hyperion.intake.git_requests import landing_identity
-from hyperion.outcome import Failed, Result, Retry, Timings
+from hyperion.land_stage import Handed, LandStage
+from hyperion.outcome import Failed, Landing, Result, Retry, Timings
 from hyperion.pool import WorktreePool
 from hyperion.records import CheckResult, Record, State
 from hyperion.requests import ChangeRequest
@@ -141,27 +142,38 @@ class Member:
 
 
 class Worker:
-    def __init__(self, app: App, name: str) -> None:
+    """Takes leased requests to their next resting state. With ``land_behind`` (the daemon
+    and ``run --once``), a checked single request of a ``land: ref`` repository is landed by
+    the worker's landing stage (land_stage.py) while the worker goes on to the next one,
+    applied on top of it; call ``close()`` when done."""
+
+    def __init__(self, app: App, name: str, *, land_behind: bool = False) -> None:
         self.app = app
         self.name = name
+        self.stage = LandStage(name) if land_behind else None
 
     def run_one(self, on_lease: Callable[[str], None] | None = None) -> bool:
         """Lease one ready request (with a batch of more, when its repository batches) and
-        take it to its next resting state. False if none was ready."""
+        take it to its next resting state, or hand it to the landing stage. False if none
+        was ready."""
         lease = self.app.spool.lease(self.name, ttl_s=LEASE_TTL_S)
         if lease is None:
             return False
         if on_lease is not None:
             on_lease(lease.id)
-        with Heartbeat(self.app, lease) as beat:
+        beat = Heartbeat(self.app, lease).__enter__()
+        handed = False
+        try:
             opened = self._open(lease, beat)
             if opened is None:
                 return True
             request, record = opened
             limit = self._batch_limit(request, record)
             if limit <= 1:
-                self._process(beat, request, record)
+                handed = self._process(beat, request, record, may_hand=True)
                 return True
+            if self.stage is not None:
+                self.stage.wait_empty()      # a batch lands from the real tip
             members, others, later = self._gather(Member(beat, request, record), limit)
             try:
                 if len(members) == 1:
@@ -181,7 +193,20 @@ class Worker:
                         self._open(task_lease, task_beat)   # runs the task
                     finally:
                         task_beat.stop()
+        finally:
+            if not handed:
+                beat.stop()
         return True
+
+    def settle(self) -> bool:
+        """Wait until the landing stage has landed (or failed) all it was handed; True if
+        there was any (their outcomes may have queued more work: retries, dependents)."""
+        return self.stage.wait_empty() if self.stage is not None else False
+
+    def close(self) -> None:
+        """Land what was handed over and end the landing stage's thread."""
+        if self.stage is not None:
+            self.stage.close()
 
     # ------------------------------------------------------------------ one request
     def _open(self, lease: Lease, beat: Heartbeat) -> tuple[ChangeRequest, Record] | None:
@@ -207,6 +232,7 @@ class Worker:
         if record.kind == "task":
             from hyperion.tasks.loop import run_task  # tasks import this module
 
+            self.settle()                    # a task lands from the real tip
             run_task(self, lease, beat, record, crashes)
             return None
         try:
@@ -260,10 +286,27 @@ class Worker:
                 others.append(member)
         return members, others, later
 
-    def _process(self, beat: Heartbeat, request: ChangeRequest, record: Record) -> None:
+    def _process(self, beat: Heartbeat, request: ChangeRequest, record: Record, *,
+                 may_hand: bool = False) -> bool:
+        """One attempt at ``request``, to its outcome; True when its land was handed to the
+        landing stage instead (which then finishes it, and stops ``beat``)."""
         timings = Timings()
+        result = self._conclude(beat, record, timings, lambda: self._attempt(
+            request, record, timings, may_hand=may_hand))
+        if result is None or result.landing is None:
+            return False
+        assert self.stage is not None
+        landing_ = result.landing
+        self.stage.hand(landing_.handed, lambda: self._conclude(
+            beat, record, timings, lambda: self._land(record, landing_, timings)) is not None)
+        return True
+
+    def _conclude(self, beat: Heartbeat, record: Record, timings: Timings,
+                  attempt: Callable[[], Result]) -> Result | None:
+        """Run ``attempt`` and record its outcome; its Result when green (None otherwise).
+        A Result still to land (``landing``) is left open for the landing stage."""
         try:
-            result = self._attempt(request, record, timings)
+            result = attempt()
         except Failed as exc:
             self._finish(beat, record, State.FAILED, exc.info, timings=timings)
         except Retry as exc:
@@ -271,6 +314,8 @@ class Worker:
         except Exception as exc:
             self._retry(beat, record, unexpected(exc, record.id), None, timings=timings)
         else:
+            if result.landing is not None:
+                return result
             current = self.app.records.get(record.id) or record
             if result.state is State.VERIFIED:
                 self._finish(beat, current, State.VERIFIED, None, timings=timings,
@@ -278,8 +323,19 @@ class Worker:
             else:
                 self._finish(beat, current, State.LANDED, None, timings=timings,
                              landed_commit=result.commit, landed_ref=result.ref)
+            return result
+        return None
 
-    def _attempt(self, request: ChangeRequest, record: Record, timings: Timings) -> Result:
+    def _land(self, record: Record, landing_: Landing, timings: Timings) -> Result:
+        """The landing stage's part of a handed request (in its thread)."""
+        handed = landing_.handed
+        self.app.records.update(record.id, **landing_.record_fields)
+        with timings.step("land"):
+            landing_.lander.land(record, handed.target, handed.commit, landing_.tip)
+        return Result(State.LANDED, handed.commit, landing_.lander.landed_ref(record))
+
+    def _attempt(self, request: ChangeRequest, record: Record, timings: Timings, *,
+                 may_hand: bool = False) -> Result:
         assert record.repo is not None and record.target is not None
         repo_config = self.app.config.repos.get(record.repo)
         if repo_config is None:
@@ -287,9 +343,15 @@ class Worker:
         repo = GitRepo.at(repo_config.path)
         target = record.target
         lander = landing.for_repo(self.app, record.repo, repo_config, repo)
+        dry_run = self.app.dry_run or request.dry_run
+        behind = (self.stage if may_hand and not dry_run and repo_config.land == "ref"
+                  else None)
         with ExitStack() as stack:
             with timings.step("prepare"):
-                tip = lander.tip(target)
+                # On top of the commit this worker handed over last for this target, which
+                # is still landing (land_stage.py), else the target's real tip.
+                ahead = behind.tip(record.repo, target) if behind is not None else None
+                tip = ahead.commit if ahead is not None else lander.tip(target)
                 if tip is None:
                     raise Failed(Code.LAND_CONFLICT, f"the target branch {target!r} does not "
                                  f"exist in {lander.where}", path="target")
@@ -302,12 +364,14 @@ class Worker:
                 if base_commit is None:
                     raise Failed(Code.APPLY_CONFLICT, f"the base {request.base!r} is not a "
                                  "commit in the repository", path="base")
-                pool = WorktreePool(self.app.worktrees_dir(), self.app.locks_dir())
-                worktree = stack.enter_context(pool.checkout(record.repo, repo, tip))
-            assert request.patch is not None
-            with timings.step("apply"):
+                assert request.patch is not None
+                # Before the slot is taken: its reset may still be running (pool.py).
                 if (refused := tree_refusal(self.app, record, repo, tip, request.patch)):
                     raise Failed(refused.code, refused.message, refused.path)
+                message, author, author_date = landing_identity(repo, record, request)
+                pool = WorktreePool(self.app.worktrees_dir(), self.app.locks_dir())
+                worktree = stack.enter_context(pool.checkout(record.repo, repo, tip))
+            with timings.step("apply"):
                 try:
                     applied = apply_patch(
                         repo, worktree, request.patch, tip=tip, base_commit=base_commit,
@@ -317,15 +381,18 @@ class Worker:
                         record.id, target, request.base, exc.report))
                     raise Failed(Code.APPLY_CONFLICT, exc.message) from None
                 self._check_hashes(request, worktree, repo, applied.own_tree)
-                message, author, author_date = landing_identity(repo, record, request)
                 commit = repo.commit(worktree, tip, message, author, author_date)
             applied_fields: dict[str, object] = {"applied_onto": tip, "base_commit": base_commit,
-                              "apply_method": applied.method}
+                                                 "apply_method": applied.method}
             results = self._run_checks(request, record, worktree, timings, applied_fields)
-            # One durable write before the land: the exactly-once search after a crash
-            # starts at applied_onto.
-            self.app.records.update(record.id, checks=results, **applied_fields)
-        if self.app.dry_run or request.dry_run:
+        # The slot is given back (and reset) before this: the one durable write before the
+        # land, since the exactly-once search after a crash starts at applied_onto.
+        fields = {"checks": results, **applied_fields}
+        if behind is not None:
+            return Result(State.LANDED, commit, landing=Landing(
+                Handed(record.repo, target, commit, parent=ahead), lander, tip, fields))
+        self.app.records.update(record.id, **fields)
+        if dry_run:
             return Result(State.VERIFIED, commit)
         with timings.step("land"):
             lander.land(record, target, commit, tip)
