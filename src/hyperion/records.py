@@ -7,10 +7,9 @@ the audit log. The original bytes a request arrived as are kept beside its recor
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hyperion.errors import ErrorInfo
-from hyperion.fsutil import append_line, write_atomic
+from hyperion.fsutil import append_line, exclusive, write_atomic
 from hyperion.metrics import METRICS
 
 
@@ -36,6 +35,9 @@ class State(StrEnum):
     CANCELLED = "cancelled"
     VERIFIED = "verified"     # a dry run: applied and checked green, never landed
 
+
+#: Lock files records are spread over (records/.lock.<n>), by a hash of their id.
+LOCK_STRIPES = 16
 
 TERMINAL = frozenset({State.LANDED, State.REJECTED, State.FAILED, State.ROLLED_BACK,
                       State.CANCELLED, State.VERIFIED})
@@ -143,19 +145,16 @@ class RecordStore:
         self.root = state_dir / "records"
         self.audit_path = state_dir / "audit.jsonl"
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_path = self.root / ".lock"
-        self._thread_lock = threading.Lock()
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        # One writer at a time, across threads (the mutex) and processes (flock).
-        with self._thread_lock:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
+    def _locked(self, record_id: str) -> Iterator[None]:
+        # One writer of a record at a time, across threads and processes. The records are
+        # spread over LOCK_STRIPES lock files, so that writers of different records (the
+        # worker marking the next request running while its landing stage records the last
+        # one landed) seldom wait for each other's fsyncs.
+        stripe = zlib.crc32(record_id.encode()) % LOCK_STRIPES
+        with exclusive(self.root / f".lock.{stripe}"):
+            yield
 
     def _path(self, record_id: str) -> Path:
         return self.root / f"{record_id}.json"
@@ -178,7 +177,7 @@ class RecordStore:
         entry = HistoryEntry(at=record.created_at, from_=None, to=record.state, by=by,
                              reason=reason)
         record = record.model_copy(update={"history": [entry]})
-        with self._locked():
+        with self._locked(record.id):
             path = self._path(record.id)
             if path.exists():
                 return False
@@ -189,7 +188,7 @@ class RecordStore:
 
     def transition(self, record_id: str, to: State, *, by: str, reason: str,
                    timings: dict[str, float] | None = None, **updates: Any) -> Record:
-        with self._locked():
+        with self._locked(record_id):
             record = self.get(record_id)
             if record is None:
                 raise KeyError(record_id)
@@ -207,7 +206,7 @@ class RecordStore:
 
     def update(self, record_id: str, **updates: Any) -> Record:
         """Change fields without a state transition (e.g. check results while running)."""
-        with self._locked():
+        with self._locked(record_id):
             record = self.get(record_id)
             if record is None:
                 raise KeyError(record_id)
