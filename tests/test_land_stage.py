@@ -5,16 +5,18 @@ does not land takes the ones built on it back to the real tip."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Setup, git
 
-from hyperion import landing
+from hyperion import land_stage, landing
 from hyperion.app import App
 from hyperion.config import load_config
 from hyperion.intake.inbox import Inbox
+from hyperion.land_stage import Handed, LandStage
 from hyperion.records import Record
 from hyperion.worker import Worker
 
@@ -109,3 +111,63 @@ def test_when_a_commit_does_not_land_those_built_on_it_go_back_to_the_real_tip(
     for record in records.values():
         parent = git(setup.repo, "rev-parse", f"{record['landed_commit']}^").strip()
         assert record["applied_onto"] == parent
+
+
+def test_the_stage_lands_in_order_and_offers_the_last_pending_commit_as_the_tip() -> None:
+    stage = LandStage("unit")
+    gate, order = threading.Event(), []
+
+    def land(name: str, ok: bool = True) -> Callable[[], bool]:
+        def run() -> bool:
+            assert gate.wait(30)
+            order.append(name)
+            return ok
+        return run
+
+    first = Handed("demo", "main", "c1")
+    stage.hand(first, land("c1", ok=False))
+    second = Handed("demo", "main", "c2", parent=first)
+    stage.hand(second, land("c2"))
+    stage.hand(Handed("demo", "other", "o1"), land("o1"))
+    tip = stage.tip("demo", "main")
+    assert tip is not None and tip.commit == "c2"
+    gate.set()
+    stage.wait_empty()
+    stage.close()
+    assert order == ["c1", "c2", "o1"]
+    # Done: c1 failed, c2's link to it is dropped (a stream must not chain every commit).
+    assert first.failed and not second.failed and second.parent is None
+    assert stage.tip("demo", "main") is None and not stage.wait_empty()
+
+
+def test_a_doomed_commit_is_not_offered_as_the_tip() -> None:
+    stage = LandStage("unit")
+    gate = threading.Event()
+    failed = Handed("demo", "main", "c1")
+    stage.hand(failed, lambda: False)
+    assert stage.wait_empty()
+    built_on_it = Handed("demo", "main", "c2", parent=failed)
+    stage.hand(built_on_it, lambda: gate.wait(30))
+    try:
+        assert stage.tip("demo", "main") is None       # use the real tip instead
+    finally:
+        gate.set()
+        stage.close()
+
+
+def test_the_worker_waits_when_too_many_commits_are_still_to_land(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(land_stage, "MAX_AHEAD", 2)
+    stage = LandStage("unit")
+    gate = threading.Event()
+    for n in range(2):
+        stage.hand(Handed("demo", "main", f"c{n}"), lambda: gate.wait(30))
+    third = threading.Thread(target=stage.hand,
+                             args=(Handed("demo", "main", "c2"), lambda: True), daemon=True)
+    third.start()
+    third.join(0.5)
+    assert third.is_alive()                  # held back until a land finishes
+    gate.set()
+    third.join(30)
+    assert not third.is_alive()
+    stage.close()

@@ -122,6 +122,9 @@ class LandStage:
                 with self._cond:
                     handed.failed = not landed
                     handed.done = True
+                    # Only a pending ancestor's failure matters to those built on this one;
+                    # dropping the link keeps a steady stream from chaining every commit.
+                    handed.parent = None
                     if self._last.get((handed.repo, handed.target)) is handed:
                         del self._last[(handed.repo, handed.target)]
                     self._busy = False
