@@ -122,3 +122,17 @@ def test_beyond_the_limit_the_oldest_slot_given_back_is_unlocked(
     assert _locked_elsewhere(tmp_path / "worktrees" / "two" / "w0.lock")
     with pool.checkout("two", repo, head):
         pass
+
+
+def test_a_slot_whose_use_failed_is_unlocked_without_a_background_reset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, head, pool = _setup(tmp_path)
+    calls = _git_calls(monkeypatch)
+    with pytest.raises(RuntimeError), pool.checkout("demo", repo, head) as slot:
+        calls.clear()
+        (slot / "junk.txt").write_text("left by a red check\n")
+        raise RuntimeError("the check failed")
+    assert calls == []
+    assert not _locked_elsewhere(tmp_path / "worktrees" / "demo" / "w0.lock")
+    with pool.checkout("demo", repo, head) as again:
+        assert again == slot and not (slot / "junk.txt").exists()

@@ -20,7 +20,9 @@ slot's lock and resets it to its own HEAD (the commit just made) in a background
 the worker lands, records and leases the next request. The next checkout of the repository
 takes that slot, waits for its reset, and uses it as is when the reset found it clean at the
 wanted commit less than ``FRESH_S`` ago; otherwise it resets it again, as above. The lock is
-held from the reset to the next use, so no other hyperion touched the slot in between.
+held from the reset to the next use, so no other hyperion touched the slot in between. A slot
+whose use failed is unlocked as it is: the next request wants another commit, and resets it
+when it takes it.
 """
 
 from __future__ import annotations
@@ -224,6 +226,13 @@ class _ResetSlots:
                 del self._held[directory]
             return held
 
+    def settle(self) -> None:
+        """Wait until every reset running now has finished."""
+        with self._lock:
+            running = [held.reset for waiting in self._held.values() for held in waiting]
+        for future in running:
+            future.exception()
+
     def _over_limit(self) -> list[_HeldSlot]:
         evicted: list[_HeldSlot] = []
         while sum(len(v) for v in self._held.values()) > MAX_RESET_SLOTS:
@@ -241,13 +250,22 @@ def _closer(fd: int) -> Callable[[object], None]:
 _RESETS = _ResetSlots()
 
 
+def settle_resets() -> None:
+    """Wait for this process's background resets of given-back slots (benchmarks, tests)."""
+    _RESETS.settle()
+
+
 @contextmanager
 def _giving_back(fd: int, repo: GitRepo, path: Path) -> Iterator[None]:
-    """The caller's use of a locked slot; afterwards it is reset in the background."""
+    """The caller's use of a locked slot; afterwards it is reset in the background. Not
+    when the use failed (an apply conflict, a red check): the next request then wants
+    another commit than the slot's, so that reset would be thrown away; it is unlocked."""
     try:
         yield
-    finally:
-        _RESETS.give_back(fd, repo, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    _RESETS.give_back(fd, repo, path)
 
 
 def _try_lock(path: Path) -> int | None:
