@@ -171,3 +171,15 @@ def test_the_worker_waits_when_too_many_commits_are_still_to_land(
     third.join(30)
     assert not third.is_alive()
     stage.close()
+
+
+def test_a_closed_stage_lands_what_is_handed_to_it_later() -> None:
+    # run --once drains again when retries come due, with the same workers.
+    stage = LandStage("unit")
+    landed: list[str] = []
+    stage.hand(Handed("demo", "main", "c1"), lambda: landed.append("c1") is None)
+    stage.close()
+    stage.hand(Handed("demo", "main", "c2"), lambda: landed.append("c2") is None)
+    stage.wait_empty()
+    stage.close()
+    assert landed == ["c1", "c2"]

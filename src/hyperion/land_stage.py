@@ -72,14 +72,14 @@ class LandStage:
             return handed
 
     def hand(self, handed: Handed, land: Callable[[], bool]) -> None:
-        """Queue ``land`` (True when it landed) for the thread; waits while MAX_AHEAD are."""
+        """Queue ``land`` (True when it landed) for the thread, starting it if it is not
+        running (again, after ``close``); waits while MAX_AHEAD are queued."""
         with self._cond:
-            if self._closed:
-                raise RuntimeError("the landing stage is closed")
             while len(self._queue) + self._busy >= MAX_AHEAD:
                 self._cond.wait()
             self._queue.append((handed, land))
             self._last[(handed.repo, handed.target)] = handed
+            self._closed = False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=f"{self.name}-land",
                                                 daemon=True)
@@ -95,7 +95,8 @@ class LandStage:
             return waited
 
     def close(self) -> None:
-        """Land what was handed over, then end the thread."""
+        """Land what was handed over, then end the thread (a later ``hand`` starts a new
+        one: ``run --once`` drains again when retries come due)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -109,6 +110,8 @@ class LandStage:
                 while not self._queue and not self._closed:
                     self._cond.wait()
                 if not self._queue:
+                    # Decided under the lock, so a hand() after this starts a new thread.
+                    self._thread = None
                     return
                 handed, land = self._queue.popleft()
                 self._busy = True
