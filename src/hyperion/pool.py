@@ -75,31 +75,15 @@ class WorktreePool:
         directory = self.root / repo_name
         directory.mkdir(parents=True, exist_ok=True)
         held = _RESETS.take(directory)
-        if held is not None:
-            fd, path = held.fd, held.path
-            try:
-                if not held.clean_at(commit):
-                    self._prepare(repo_name, repo, path, commit)
-            except BaseException:
-                os.close(fd)
-                raise
-            with _giving_back(fd, repo, path):
-                yield path
-            return
-        for n in range(MAX_SLOTS):
-            free = _try_lock(directory / f"w{n}.lock")
-            if free is None:
-                continue
-            fd, path = free, directory / f"w{n}"
-            try:
+        fd, path = (held.fd, held.path) if held is not None else _free_slot(directory)
+        try:
+            if held is None or not held.clean_at(commit):
                 self._prepare(repo_name, repo, path, commit)
-            except BaseException:
-                os.close(fd)
-                raise
-            with _giving_back(fd, repo, path):
-                yield path
-            return
-        raise PoolExhausted(f"all {MAX_SLOTS} worktree slots of {repo_name} are in use")
+        except BaseException:
+            os.close(fd)
+            raise
+        with _giving_back(fd, repo, path):
+            yield path
 
     def prune(self, repos: dict[str, GitRepo]) -> int:
         """Start-up: remove slots nobody holds that cannot be trusted any more, and folders
@@ -266,6 +250,15 @@ def _giving_back(fd: int, repo: GitRepo, path: Path) -> Iterator[None]:
         os.close(fd)
         raise
     _RESETS.give_back(fd, repo, path)
+
+
+def _free_slot(directory: Path) -> tuple[int, Path]:
+    """The first slot of ``directory`` nobody holds, locked: its lock's fd and its path."""
+    for n in range(MAX_SLOTS):
+        fd = _try_lock(directory / f"w{n}.lock")
+        if fd is not None:
+            return fd, directory / f"w{n}"
+    raise PoolExhausted(f"all {MAX_SLOTS} worktree slots of {directory.name} are in use")
 
 
 def _try_lock(path: Path) -> int | None:
