@@ -327,9 +327,10 @@ class GitRepo:
         if reason is not None:
             return reason
         # The usual slot is already at ``commit`` (the request before landed it there) with
-        # only what its checks left over: then clean + status suffice, and the checkout (the
-        # costliest of the three) is skipped. Tracked files a check changed, or another
-        # commit (known from HEAD's file without a process), take the checkout.
+        # only what its checks left over: then one ls-files proves that was nothing, or clean
+        # + status suffice, and the checkout (the costliest) is skipped. Tracked files a
+        # check changed, or another commit (known from HEAD's file without a process), take
+        # the checkout.
         if detached_head(path) == commit:
             if self._untouched_since_commit(path, commit):
                 return self._index_flags_problem(path)
