@@ -257,3 +257,29 @@ def test_the_checked_out_branch_is_read_as_git_reads_it(tmp_path: Path) -> None:
     git(repo, "checkout", "-q", "--detach")
     assert GitRepo(repo).checkout().branch is None             # type: ignore[union-attr]
     assert GitRepo(make_repo(tmp_path / "b", {"f": "1\n"}, bare=True)).checkout() is None
+
+
+def test_trees_read_once_are_answered_again_without_reading_the_repository(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo_path = make_repo(tmp_path / "r", {"a.txt": "a\n", "pkg/b.txt": "b\n"})
+    first = git(repo_path, "rev-parse", "HEAD").strip()
+    reader = InProcessGit(repo_path / ".git")
+    assert reader.modes(first, ["a.txt", "pkg/b.txt"]) == {"a.txt": "100644",
+                                                          "pkg/b.txt": "100644"}
+    (repo_path / "pkg" / "c.txt").write_text("c\n")
+    git(repo_path, "add", "pkg/c.txt")
+    git(repo_path, "commit", "-q", "-m", "second")
+    second = git(repo_path, "rev-parse", "HEAD").strip()
+    # A new commit's trees are new objects: read, not mistaken for the old ones.
+    assert reader.modes(second, ["pkg/c.txt", "a.txt"]) == {"pkg/c.txt": "100644",
+                                                           "a.txt": "100644"}
+    assert reader.modes(first, ["pkg/c.txt"]) == {}
+    store = reader._open().object_store
+
+    def no_reads(*args: object) -> None:
+        raise AssertionError("read the repository again")
+
+    monkeypatch.setattr(type(store), "get_raw", no_reads)
+    monkeypatch.setattr(type(store), "__getitem__", no_reads)
+    assert reader.modes(second, ["pkg/b.txt", "pkg/c.txt"]) == {"pkg/b.txt": "100644",
+                                                               "pkg/c.txt": "100644"}

@@ -54,6 +54,10 @@ class InProcessGit:
         self._broken = False
         self._encoding_key: tuple[tuple[int, int, int] | None, ...] | None = None
         self._utf8 = False
+        # Objects never change under their id: the trees and commit roots read last are
+        # kept (every request the gate reviews against the same tip reads the same trees).
+        self._trees: dict[bytes, Any] = {}
+        self._roots: dict[str, bytes] = {}
 
     def _open(self) -> Any:
         if self._repo is None and not self._broken:
@@ -140,7 +144,7 @@ class InProcessGit:
             if repo is None:
                 return False, None
             try:
-                entry = self._entry(repo, self._root(repo, commit), _split(path), {})
+                entry = self._entry(repo, self._root(repo, commit), _split(path), self._trees)
                 if entry is None:
                     return True, None
                 mode, sha = entry
@@ -216,19 +220,22 @@ class InProcessGit:
         return self._utf8
 
     # -- walking trees
-    @staticmethod
-    def _root(repo: Any, commit: str) -> bytes:
-        kind, raw = repo.object_store.get_raw(commit.encode())
-        if kind != _COMMIT or not raw.startswith(b"tree "):
-            raise KeyError(commit)
-        return bytes(raw[5:45])
+    def _root(self, repo: Any, commit: str) -> bytes:
+        root = self._roots.get(commit)
+        if root is None:
+            kind, raw = repo.object_store.get_raw(commit.encode())
+            if kind != _COMMIT or not raw.startswith(b"tree "):
+                raise KeyError(commit)
+            if len(self._roots) >= _CACHED:
+                self._roots.clear()
+            root = self._roots[commit] = bytes(raw[5:45])
+        return root
 
     def _modes(self, repo: Any, commit: str, paths: list[str]) -> dict[str, str]:
         root = self._root(repo, commit)
-        trees: dict[bytes, Any] = {}
         found: dict[str, str] = {}
         for path in paths:
-            entry = self._entry(repo, root, _split(path), trees)
+            entry = self._entry(repo, root, _split(path), self._trees)
             if entry is not None:
                 found[path] = f"{_canonical(entry[0]):06o}"
         return found
@@ -244,15 +251,21 @@ class InProcessGit:
                 return None          # below a file, symlink or gitlink: not listed
             tree = trees.get(tree_id)
             if tree is None:
-                tree = trees[tree_id] = repo.object_store[tree_id]
+                tree = repo.object_store[tree_id]
                 if tree.type_num != _TREE:
                     raise KeyError(tree_id)
+                if len(trees) >= _CACHED:
+                    trees.clear()
+                trees[tree_id] = tree
             try:
                 mode, tree_id = tree[part]
             except KeyError:
                 return None
         return mode, tree_id
 
+
+#: Trees (and commits' root trees) kept per repository between calls, at most.
+_CACHED = 256
 
 #: Repository extensions that change nothing this module reads or writes.
 _PLAIN_EXTENSIONS = {b"worktreeconfig", b"preciousobjects", b"noop"}
