@@ -1,10 +1,12 @@
-"""The worker's landing stage (land_stage.py), in-process on a real repository: the next
-request is applied and checked on top of a commit that is still landing, and a commit that
-does not land takes the ones built on it back to the real tip."""
+"""The landing stage (land_stage.py), in-process on a real repository: the next request is
+applied and checked on top of a commit still being checked or landed, by the same worker or
+another, and a commit that does not land takes the ones built on it back to the real tip."""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,40 @@ from hyperion.land_stage import Handed, LandStage
 from hyperion.records import Record
 from hyperion.worker import Worker
 
+#: A check that says it started, waits for the test's word, and fails on a bad.txt.
+GATED_CHECK = """\
+import os, pathlib, sys, time
+pathlib.Path({markers!r}, str(os.getpid())).write_text("")
+deadline = time.time() + 60
+while not pathlib.Path({release!r}).exists() and time.time() < deadline:
+    time.sleep(0.02)
+sys.exit(1 if pathlib.Path("bad.txt").exists() else 0)
+"""
 
-def _queued(setup: Setup, *ids: str) -> App:
+
+def _gated(setup: Setup) -> tuple[Path, Path]:
+    """Use GATED_CHECK; returns its markers folder and the release file."""
+    markers, release = setup.root / "markers", setup.root / "release"
+    markers.mkdir()
+    script = setup.root / "gated_check.py"
+    script.write_text(GATED_CHECK.format(markers=str(markers), release=str(release)))
+    setup.config.write_text(setup.config.read_text().replace('"check.py"',
+                                                             json.dumps(str(script))))
+    return markers, release
+
+
+def _wait_for(predicate: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def _queued(setup: Setup, *ids: str, edits: dict[str, dict[str, str]] | None = None) -> App:
     setup.config.write_text(setup.config.read_text().replace("workers: 2", "workers: 1"))
     for n, rid in enumerate(ids):
-        setup.drop(f"{n}.json", setup.request(rid, {f"file-{rid}.txt": f"{rid}\n"}))
+        files = (edits or {}).get(rid, {f"file-{rid}.txt": f"{rid}\n"})
+        setup.drop(f"{n}.json", setup.request(rid, files))
     app = App.open(load_config(str(setup.config)))
     Inbox(app).scan(wait=True)
     return app
@@ -48,7 +79,8 @@ def test_the_next_request_is_checked_on_top_of_a_commit_still_landing(
         real_land(self, record, *args)
 
     monkeypatch.setattr(landing.RefLander, "land", held_land)
-    worker = Worker(app, "w0", land_behind=True)
+    stage = LandStage()
+    worker = Worker(app, "w0", stage=stage)
     try:
         assert worker.run_one() and worker.run_one()
         # Both were applied and checked, and the first has not landed yet.
@@ -58,7 +90,7 @@ def test_the_next_request_is_checked_on_top_of_a_commit_still_landing(
         assert worker.settle()
     finally:
         release.set()
-        worker.close()
+        stage.close()
     one, two = setup.record("first-1"), setup.record("second-1")
     assert one["state"] == "landed" and two["state"] == "landed", (one, two)
     assert one["applied_onto"] == before
@@ -86,7 +118,8 @@ def test_when_a_commit_does_not_land_those_built_on_it_go_back_to_the_real_tip(
         real_land(self, record, target, *args)
 
     monkeypatch.setattr(landing.RefLander, "land", refusing_land)
-    worker = Worker(app, "w0", land_behind=True)
+    stage = LandStage()
+    worker = Worker(app, "w0", stage=stage)
     try:
         assert worker.run_one() and worker.run_one()     # the second on top of the first
         release.set()
@@ -95,7 +128,7 @@ def test_when_a_commit_does_not_land_those_built_on_it_go_back_to_the_real_tip(
             pass
     finally:
         release.set()
-        worker.close()
+        stage.close()
     records = {rid: setup.record(rid) for rid in ("first-2", "second-2", "third-2")}
     assert all(r["state"] == "landed" for r in records.values()), records
     races = {rid: stored.races for rid in records if (stored := app.records.get(rid))}
@@ -114,7 +147,7 @@ def test_when_a_commit_does_not_land_those_built_on_it_go_back_to_the_real_tip(
 
 
 def test_the_stage_lands_in_order_and_offers_the_last_pending_commit_as_the_tip() -> None:
-    stage = LandStage("unit")
+    stage = LandStage()
     gate, order = threading.Event(), []
 
     def land(name: str, ok: bool = True) -> Callable[[], bool]:
@@ -124,11 +157,11 @@ def test_the_stage_lands_in_order_and_offers_the_last_pending_commit_as_the_tip(
             return ok
         return run
 
-    first = Handed("demo", "main", "c1")
+    first = Handed("demo", "main", "c1", "T")
     stage.hand(first, land("c1", ok=False))
-    second = Handed("demo", "main", "c2", parent=first)
+    second = Handed("demo", "main", "c2", "c1", parent=first)
     stage.hand(second, land("c2"))
-    stage.hand(Handed("demo", "other", "o1"), land("o1"))
+    stage.hand(Handed("demo", "other", "o1", "O"), land("o1"))
     tip = stage.tip("demo", "main")
     assert tip is not None and tip.commit == "c2"
     gate.set()
@@ -140,30 +173,63 @@ def test_the_stage_lands_in_order_and_offers_the_last_pending_commit_as_the_tip(
     assert stage.tip("demo", "main") is None and not stage.wait_empty()
 
 
-def test_a_doomed_commit_is_not_offered_as_the_tip() -> None:
-    stage = LandStage("unit")
-    gate = threading.Event()
-    failed = Handed("demo", "main", "c1")
-    stage.hand(failed, lambda: False)
-    assert stage.wait_empty()
-    built_on_it = Handed("demo", "main", "c2", parent=failed)
-    stage.hand(built_on_it, lambda: gate.wait(30))
-    try:
-        assert stage.tip("demo", "main") is None       # use the real tip instead
-    finally:
-        gate.set()
-        stage.close()
+def test_commits_still_being_checked_are_offered_and_withdrawn_with_their_fate() -> None:
+    stage = LandStage()
+    first = Handed("demo", "main", "c1", "T")
+    stage.reserve(first)                        # made; its checks run
+    tip = stage.tip("demo", "main")
+    assert tip is first
+    second = Handed("demo", "main", "c2", "c1", parent=first)
+    stage.reserve(second)
+    assert stage.tip("demo", "main") is second
+    # Made on the real tip while c1 is pending: it expects main not to move first.
+    stale = Handed("demo", "main", "s1", "T")
+    stage.reserve(stale)
+    assert stage.tip("demo", "main") is second
+    stage.abandon(first)                        # its checks failed
+    assert not stage.outcome(first)
+    # c2 was built on it, so it cannot land; the stale one now can (main stays at T).
+    assert stage.tip("demo", "main") is stale
+    stage.abandon(second)
+    stage.hand(stale, lambda: True)
+    assert stage.outcome(stale)
+    assert stage.tip("demo", "main") is None and not stage.wait_empty()
+    # After that land, a commit made on the old tip is not offered.
+    late = Handed("demo", "main", "l1", "T")
+    stage.reserve(late)
+    assert stage.tip("demo", "main") is None
+    stage.abandon(late)
+    stage.close()
+
+
+def test_a_commit_lands_only_after_the_ones_reserved_before_it_on_its_target() -> None:
+    stage = LandStage()
+    order: list[str] = []
+    first = Handed("demo", "main", "c1", "T")
+    stage.reserve(first)
+    second = Handed("demo", "main", "c2", "c1", parent=first)
+    stage.reserve(second)
+    other = Handed("demo", "other", "o1", "O")
+    stage.reserve(other)
+    stage.hand(second, lambda: order.append("c2") is None)
+    stage.hand(other, lambda: order.append("o1") is None)
+    assert stage.outcome(other)                 # another target does not wait
+    assert order == ["o1"] and not second.done  # c2 waits for c1, still being checked
+    stage.hand(first, lambda: order.append("c1") is None)
+    assert stage.outcome(second)
+    assert order == ["o1", "c1", "c2"]
+    stage.close()
 
 
 def test_the_worker_waits_when_too_many_commits_are_still_to_land(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(land_stage, "MAX_AHEAD", 2)
-    stage = LandStage("unit")
+    stage = LandStage()
     gate = threading.Event()
     for n in range(2):
-        stage.hand(Handed("demo", "main", f"c{n}"), lambda: gate.wait(30))
+        stage.hand(Handed("demo", "main", f"c{n}", "T"), lambda: gate.wait(30))
     third = threading.Thread(target=stage.hand,
-                             args=(Handed("demo", "main", "c2"), lambda: True), daemon=True)
+                             args=(Handed("demo", "main", "c2", "T"), lambda: True), daemon=True)
     third.start()
     third.join(0.5)
     assert third.is_alive()                  # held back until a land finishes
@@ -175,11 +241,89 @@ def test_the_worker_waits_when_too_many_commits_are_still_to_land(
 
 def test_a_closed_stage_lands_what_is_handed_to_it_later() -> None:
     # run --once drains again when retries come due, with the same workers.
-    stage = LandStage("unit")
+    stage = LandStage()
     landed: list[str] = []
-    stage.hand(Handed("demo", "main", "c1"), lambda: landed.append("c1") is None)
+    stage.hand(Handed("demo", "main", "c1", "T"), lambda: landed.append("c1") is None)
     stage.close()
-    stage.hand(Handed("demo", "main", "c2"), lambda: landed.append("c2") is None)
+    stage.hand(Handed("demo", "main", "c2", "c1"), lambda: landed.append("c2") is None)
     stage.wait_empty()
     stage.close()
     assert landed == ["c1", "c2"]
+
+
+def test_two_workers_check_in_parallel_the_second_on_top_of_the_first(setup: Setup) -> None:
+    markers, release = _gated(setup)
+    app = _queued(setup, "first-3", "second-3")
+    before = setup.main_sha()
+    stage = LandStage()
+    workers = [Worker(app, name, stage=stage) for name in ("wa", "wb")]
+    threads = [threading.Thread(target=w.run_one, daemon=True) for w in workers]
+    try:
+        threads[0].start()
+        _wait_for(lambda: len(list(markers.iterdir())) == 1)   # first-3 is being checked
+        threads[1].start()
+        # second-3's check runs while first-3's does: applied on top of its commit.
+        _wait_for(lambda: len(list(markers.iterdir())) == 2)
+        assert setup.main_sha() == before
+    finally:
+        release.touch()
+        for t in threads:
+            t.join(60)
+        stage.wait_empty()
+        stage.close()
+    one, two = setup.record("first-3"), setup.record("second-3")
+    assert one["state"] == "landed" and two["state"] == "landed", (one, two)
+    assert two["applied_onto"] == one["landed_commit"]
+    assert setup.main_sha() == two["landed_commit"]
+    stored = [app.records.get(rid) for rid in ("first-3", "second-3")]
+    assert all(r is not None and r.races == 0 and r.attempts == 1 for r in stored)
+
+
+def test_a_request_checked_on_top_of_one_that_fails_goes_round_again(setup: Setup) -> None:
+    markers, release = _gated(setup)
+    app = _queued(setup, "bad-4", "good-4",
+                  edits={"bad-4": {"bad.txt": "fails the check\n"}})
+    before = setup.main_sha()
+    stage = LandStage()
+    first, second = (Worker(app, name, stage=stage) for name in ("wa", "wb"))
+    thread = threading.Thread(target=first.run_one, daemon=True)
+    try:
+        thread.start()
+        _wait_for(lambda: len(list(markers.iterdir())) == 1)
+        second_thread = threading.Thread(target=second.run_one, daemon=True)
+        second_thread.start()
+        # good-4 is checked on top of bad-4, so it sees bad.txt: its red check is bad-4's
+        # doing, and counts for nothing once bad-4 fails.
+        _wait_for(lambda: len(list(markers.iterdir())) == 2)
+        release.touch()
+        thread.join(60)
+        second_thread.join(60)
+        while second.run_one() or second.settle():
+            pass
+    finally:
+        release.touch()
+        stage.close()
+    bad, good = setup.record("bad-4"), setup.record("good-4")
+    assert bad["state"] == "failed" and bad["error"]["code"] == "check_failed", bad
+    assert good["state"] == "landed", good
+    assert good["applied_onto"] == before
+    stored = app.records.get("good-4")
+    assert stored is not None and stored.races == 1
+    reasons = [h["reason"] for h in good["history"]]
+    assert any("check_failed on top of" in r and "did not land" in r for r in reasons), reasons
+
+
+def test_waiting_for_one_target_does_not_wait_for_another() -> None:
+    # A batch or a task waits for its own target's commits, not for a busy other target.
+    stage = LandStage()
+    checking = Handed("demo", "main", "c1", "T")
+    stage.reserve(checking)
+    assert not stage.wait_empty("demo", "other")
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (stage.wait_empty("demo", "main"), done.set()),
+                              daemon=True)
+    waiter.start()
+    assert not done.wait(0.2)
+    stage.abandon(checking)
+    assert done.wait(30)
+    stage.close()

@@ -31,6 +31,7 @@ from hyperion.intake.dependencies import reconcile
 from hyperion.intake.git_inbox import start_git_intake, take_git_once
 from hyperion.intake.git_remote import push_all
 from hyperion.intake.inbox import Inbox, InboxWatcher
+from hyperion.land_stage import LandStage
 from hyperion.landing import recover_checkouts
 from hyperion.metrics import METRICS, MetricsServer
 from hyperion.records import now_iso
@@ -98,27 +99,28 @@ def run_once(app: App, *, workers: int) -> None:
     _recover(app)
     Inbox(app).scan(wait=True)
     syncs = take_git_once(app)
-    pool = [Worker(app, _worker_name(i), land_behind=True) for i in range(workers)]
-    while True:
-        threads = [threading.Thread(target=_drain, args=(w,), name=w.name) for w in pool]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        ready_at = app.spool.next_ready_at()
-        if ready_at is None or ready_at > time.time():
-            app.reporter.deliver_ready(f"{_worker_name(0)}:notify")
-            push_all(syncs)
-            return
+    stage = LandStage()
+    pool = [Worker(app, _worker_name(i), stage=stage) for i in range(workers)]
+    try:
+        while True:
+            threads = [threading.Thread(target=_drain, args=(w,), name=w.name) for w in pool]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            ready_at = app.spool.next_ready_at()
+            if ready_at is None or ready_at > time.time():
+                app.reporter.deliver_ready(f"{_worker_name(0)}:notify")
+                push_all(syncs)
+                return
+    finally:
+        stage.close()
 
 
 def _drain(worker: Worker) -> None:
     # What the landing stage finishes can queue more (a lost race, released dependents).
-    try:
-        while worker.run_one() or worker.settle():
-            pass
-    finally:
-        worker.close()
+    while worker.run_one() or worker.settle():
+        pass
 
 
 class Daemon:
@@ -137,6 +139,7 @@ class Daemon:
         self._busy: dict[str, str | None] = {}
         self.reloads = {"ok": 0, "refused": 0}
         self.started = time.time()
+        self.stage = LandStage()      # shared by the workers (land_stage.py)
 
     # -- signals: flags only
     def install_signals(self) -> None:
@@ -182,7 +185,7 @@ class Daemon:
         notify = threading.Thread(target=self._deliver, name="notify", daemon=True)
         threads = [intake, *git_threads, notify]
         for i in range(self.workers):
-            worker = Worker(app, _worker_name(i), land_behind=True)
+            worker = Worker(app, _worker_name(i), stage=self.stage)
             self._busy[worker.name] = None
             threads.append(threading.Thread(target=self._work, args=(worker,), name=worker.name,
                                             daemon=True))
@@ -260,25 +263,23 @@ class Daemon:
             deadline = time.monotonic() + ABORT_GRACE_S
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
+        self.stage.close()                   # what was checked and handed over still lands
         log.info("stopped")
 
     def _work(self, worker: Worker) -> None:
-        try:
-            while not self.stop.is_set():
-                seen = self.app.spool.additions()
-                try:
-                    busy = worker.run_one(on_lease=lambda id: self._busy.__setitem__(
-                        worker.name, id))
-                except Exception:  # the worker thread must survive anything a request does
-                    log.exception("worker %s: unexpected error; continuing", worker.name)
-                    busy = False
-                self._busy[worker.name] = None
-                if not busy:
-                    # Woken at once by an item this process queues (the intake thread, a
-                    # retry, the landing stage's), within 50 ms by another process's.
-                    self.app.spool.wait_for_work(seen, IDLE_POLL_S)
-        finally:
-            worker.close()                   # what was checked still lands
+        while not self.stop.is_set():
+            seen = self.app.spool.additions()
+            try:
+                busy = worker.run_one(on_lease=lambda id: self._busy.__setitem__(worker.name,
+                                                                                  id))
+            except Exception:  # the worker thread must survive anything a request does
+                log.exception("worker %s: unexpected error; continuing", worker.name)
+                busy = False
+            self._busy[worker.name] = None
+            if not busy:
+                # Woken at once by an item this process queues (the intake thread, a retry,
+                # the landing stage's), within 50 ms by another process's.
+                self.app.spool.wait_for_work(seen, IDLE_POLL_S)
 
     def _deliver(self) -> None:
         """The outbox's delivery thread: landing never waits for a notification."""

@@ -1,102 +1,145 @@
-"""A worker's landing stage: checked commits land in order, in a thread of their own, while
-the worker goes on to the next request.
+"""The landing stage: checked commits land in order, in a thread of their own, while the
+workers go on to the next requests.
 
-The worker applies the next request for the same target on top of the last commit it handed
-over here, before that commit has landed: the speculation of a merge queue (Zuul, bors),
-with the same safety. Each land is a compare-and-swap from the commit the request was applied
-onto, so a request can only land on exactly the tree its checks ran on; when the commit it was
-applied onto does not land (a person pushed to the target meanwhile, the checked-out target
-was dirty), its own land loses the race and it is applied and checked again on the real tip,
-as any lost race is. Lands happen in the order the worker handed them over.
+A worker reserves its place here as soon as it has made a request's commit, before the checks
+run, and hands it over when they pass (or abandons it when they do not). The next request for
+the same target, in this worker or another, is applied on top of the last commit reserved
+here that can still land, and its checks run while the one below is still being checked or
+landed: the speculation of a merge queue (Zuul, bors), with the same safety. Each land is a
+compare-and-swap from the commit the request was applied onto, so a request only ever lands
+on exactly the tree its checks ran on; when the commit it was applied onto does not land (its
+checks failed, a person pushed to the target meanwhile), its own land loses the race and it
+is applied and checked again on the real tip, as any lost race is. Commits land in the order
+they were reserved, per target.
 
-Only single requests of ``land: ref`` repositories are handed over (a push lands on a remote
-the next request would fetch from, a batch or a task waits for the stage to empty first).
+Only single requests of ``land: ref`` repositories come here (a push lands on a remote the
+next request would fetch from; a batch or a task waits for the stage to empty first).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger("hyperion.land_stage")
 
-#: Commits handed over and not yet landed, at most: the worker waits beyond that, so a slow
-#: land (a large checked-out tree) does not let it speculate ever further ahead.
+#: Commits checked and waiting to land, at most: a worker handing over one more waits, so a
+#: slow land (a large checked-out tree) does not let the workers speculate ever further ahead.
 MAX_AHEAD = 4
 
 
-@dataclass
+@dataclass(eq=False)
 class Handed:
-    """One checked commit waiting to land on ``target`` of ``repo``, applied onto ``parent``
-    (another handed commit when the worker speculated)."""
+    """A commit on ``target`` of ``repo``, applied onto ``base``: ``parent``'s commit when the
+    worker speculated on one here, else the target's tip as read then. ``land`` is set when
+    its checks passed and it was handed over."""
 
     repo: str
     target: str
     commit: str
+    base: str
     parent: Handed | None = None
+    land: Callable[[], bool] | None = None
     failed: bool = False
     done: bool = False
 
-    def doomed(self) -> bool:
-        """Whether it cannot land: it, or a handed commit it was applied onto, did not."""
-        handed: Handed | None = self
-        while handed is not None:
-            if handed.failed:
-                return True
-            handed = handed.parent
-        return False
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.repo, self.target
+
+
+def _root(handed: Handed) -> Handed | None:
+    """The bottom of the chain ``handed`` was applied onto among the commits not landed yet
+    (itself when it was made on the target's tip, or on a commit that has landed since);
+    None when it, or any commit below it, failed."""
+    root = handed
+    while not root.failed:
+        parent = root.parent
+        if parent is None or (parent.done and not parent.failed):
+            return root
+        root = parent
+    return None
 
 
 class LandStage:
-    """The landing thread of one worker (started at the first hand-over)."""
+    """The landing thread, shared by a process's workers (started when there is work)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str = "land") -> None:
         self.name = name
         self._cond = threading.Condition()
-        self._queue: deque[tuple[Handed, Callable[[], bool]]] = deque()
-        self._busy = False
-        self._last: dict[tuple[str, str], Handed] = {}
+        self._pending: list[Handed] = []     # reserved, not landed or failed; in order
+        self._landed: dict[tuple[str, str], str] = {}   # per target, the last commit landed
         self._thread: threading.Thread | None = None
         self._closed = False
 
     def tip(self, repo: str, target: str) -> Handed | None:
-        """The handed commit the next request for ``target`` can be applied onto: the last
-        one not landed yet, unless it is doomed (then the real tip is the one to use)."""
+        """The commit here the next request for ``target`` should be applied onto: the last
+        one reserved that can still land and leads back to the real tip. None: nothing is
+        pending there (or all of it is doomed), use the real tip."""
         with self._cond:
-            handed = self._last.get((repo, target))
-            if handed is None or handed.done or handed.doomed():
+            live = [(h, root) for h in self._pending
+                    if h.key == (repo, target) and (root := _root(h)) is not None]
+            if not live:
                 return None
-            return handed
+            # A commit made on the real tip while others were pending here expects the
+            # target not to move first: only the chain of the first one that can still land
+            # is offered, and only if that was made after this stage's last land there.
+            first = live[0][1]
+            if self._landed.get(first.key, first.base) != first.base:
+                return None
+            return next(h for h, root in reversed(live) if root is first)
+
+    def reserve(self, handed: Handed) -> None:
+        """Take the next place on ``handed.target``: made, not yet checked."""
+        with self._cond:
+            self._pending.append(handed)
 
     def hand(self, handed: Handed, land: Callable[[], bool]) -> None:
-        """Queue ``land`` (True when it landed) for the thread, starting it if it is not
-        running (again, after ``close``); waits while MAX_AHEAD are queued."""
+        """Its checks passed: ``land`` (True when it landed) runs in the thread, in turn.
+        Waits while MAX_AHEAD others are checked and waiting to land."""
         with self._cond:
-            while len(self._queue) + self._busy >= MAX_AHEAD:
-                self._cond.wait()
-            self._queue.append((handed, land))
-            self._last[(handed.repo, handed.target)] = handed
+            if handed not in self._pending:
+                self._pending.append(handed)
+            handed.land = land
             self._closed = False
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=f"{self.name}-land",
+                self._thread = threading.Thread(target=self._run, name=f"{self.name}-stage",
                                                 daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+            while sum(1 for h in self._pending if h.land is not None) > MAX_AHEAD:
+                self._cond.wait()
 
-    def wait_empty(self) -> bool:
-        """Until everything handed over has landed or failed; True if anything had to."""
+    def abandon(self, handed: Handed) -> None:
+        """It will not be handed over (its checks failed, or its attempt ended otherwise):
+        what was applied onto it cannot land either."""
         with self._cond:
-            waited = bool(self._queue or self._busy)
-            while self._queue or self._busy:
+            self._finished(handed, landed=False)
+
+    def outcome(self, handed: Handed) -> bool:
+        """Whether ``handed`` landed, once it has landed or failed (waits until then)."""
+        with self._cond:
+            while not handed.done:
+                self._cond.wait()
+            return not handed.failed
+
+    def wait_empty(self, repo: str | None = None, target: str | None = None) -> bool:
+        """Until everything reserved (on ``target`` of ``repo`` when given) has landed or
+        failed; True if anything had to."""
+        def busy() -> bool:
+            return any(repo is None or h.key == (repo, target) for h in self._pending)
+
+        with self._cond:
+            waited = busy()
+            while busy():
                 self._cond.wait()
             return waited
 
     def close(self) -> None:
         """Land what was handed over, then end the thread (a later ``hand`` starts a new
-        one: ``run --once`` drains again when retries come due)."""
+        one). Commits still being checked stay reserved for their workers."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -104,31 +147,48 @@ class LandStage:
         if thread is not None:
             thread.join()
 
+    def _next(self) -> Handed | None:
+        """The first commit handed over that nothing reserved before it on its target
+        waits for (called with the lock held)."""
+        waiting: set[tuple[str, str]] = set()
+        for handed in self._pending:
+            if handed.key in waiting:
+                continue
+            if handed.land is not None:
+                return handed
+            waiting.add(handed.key)
+        return None
+
+    def _finished(self, handed: Handed, *, landed: bool) -> None:
+        handed.failed = not landed
+        handed.done = True
+        if landed:
+            self._landed[handed.key] = handed.commit
+        # Only a pending ancestor's failure matters to those built on this one; dropping
+        # the link keeps a steady stream from chaining every commit.
+        handed.parent = None
+        if handed in self._pending:
+            self._pending.remove(handed)
+        self._cond.notify_all()
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                handed = self._next()
+                while handed is None:
+                    if self._closed:
+                        # Decided under the lock, so a hand() after this starts a new thread.
+                        self._thread = None
+                        return
                     self._cond.wait()
-                if not self._queue:
-                    # Decided under the lock, so a hand() after this starts a new thread.
-                    self._thread = None
-                    return
-                handed, land = self._queue.popleft()
-                self._busy = True
+                    handed = self._next()
             landed = False
             try:
-                landed = land()
+                assert handed.land is not None
+                landed = handed.land()
             except BaseException:
-                log.exception("landing stage %s: the land of %s failed unexpectedly",
-                              self.name, handed.commit)
+                log.exception("landing stage: the land of %s failed unexpectedly",
+                              handed.commit)
             finally:
                 with self._cond:
-                    handed.failed = not landed
-                    handed.done = True
-                    # Only a pending ancestor's failure matters to those built on this one;
-                    # dropping the link keeps a steady stream from chaining every commit.
-                    handed.parent = None
-                    if self._last.get((handed.repo, handed.target)) is handed:
-                        del self._last[(handed.repo, handed.target)]
-                    self._busy = False
-                    self._cond.notify_all()
+                    self._finished(handed, landed=landed)

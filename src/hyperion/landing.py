@@ -38,6 +38,7 @@ log = logging.getLogger("hyperion.landing")
 
 class Lander(Protocol):
     where: str
+    repo: GitRepo
 
     def tip(self, target: str) -> str | None:
         """The commit the target is at now (fetched first in push mode)."""

@@ -142,15 +142,15 @@ class Member:
 
 
 class Worker:
-    """Takes leased requests to their next resting state. With ``land_behind`` (the daemon
-    and ``run --once``), a checked single request of a ``land: ref`` repository is landed by
-    the worker's landing stage (land_stage.py) while the worker goes on to the next one,
-    applied on top of it; call ``close()`` when done."""
+    """Takes leased requests to their next resting state. With a landing ``stage`` (the
+    daemon's and ``run --once``'s, shared by their workers), a single request of a
+    ``land: ref`` repository is applied on top of the last commit reserved there for its
+    target, and once checked, landed by the stage while the worker goes on (land_stage.py)."""
 
-    def __init__(self, app: App, name: str, *, land_behind: bool = False) -> None:
+    def __init__(self, app: App, name: str, *, stage: LandStage | None = None) -> None:
         self.app = app
         self.name = name
-        self.stage = LandStage(name) if land_behind else None
+        self.stage = stage
 
     def run_one(self, on_lease: Callable[[str], None] | None = None) -> bool:
         """Lease one ready request (with a batch of more, when its repository batches) and
@@ -172,8 +172,8 @@ class Worker:
             if limit <= 1:
                 handed = self._process(beat, request, record, may_hand=True)
                 return True
-            if self.stage is not None:
-                self.stage.wait_empty()      # a batch lands from the real tip
+            if self.stage is not None:        # a batch lands from the real tip
+                self.stage.wait_empty(record.repo or "", record.target or "")
             members, others, later = self._gather(Member(beat, request, record), limit)
             try:
                 if len(members) == 1:
@@ -199,14 +199,10 @@ class Worker:
         return True
 
     def settle(self) -> bool:
-        """Wait until the landing stage has landed (or failed) all it was handed; True if
-        there was any (their outcomes may have queued more work: retries, dependents)."""
+        """Wait until the landing stage has landed (or failed) all that was reserved there;
+        True if there was any (their outcomes may have queued more work: retries,
+        dependents)."""
         return self.stage.wait_empty() if self.stage is not None else False
-
-    def close(self) -> None:
-        """Land what was handed over and end the landing stage's thread."""
-        if self.stage is not None:
-            self.stage.close()
 
     # ------------------------------------------------------------------ one request
     def _open(self, lease: Lease, beat: Heartbeat) -> tuple[ChangeRequest, Record] | None:
@@ -232,7 +228,8 @@ class Worker:
         if record.kind == "task":
             from hyperion.tasks.loop import run_task  # tasks import this module
 
-            self.settle()                    # a task lands from the real tip
+            if self.stage is not None:        # a task lands from the real tip
+                self.stage.wait_empty(record.repo or "", record.target or "")
             run_task(self, lease, beat, record, crashes)
             return None
         try:
@@ -291,15 +288,25 @@ class Worker:
         """One attempt at ``request``, to its outcome; True when its land was handed to the
         landing stage instead (which then finishes it, and stops ``beat``)."""
         timings = Timings()
-        result = self._conclude(beat, record, timings, lambda: self._attempt(
-            request, record, timings, may_hand=may_hand))
-        if result is None or result.landing is None:
-            return False
-        assert self.stage is not None
-        landing_ = result.landing
-        self.stage.hand(landing_.handed, lambda: self._conclude(
-            beat, record, timings, lambda: self._land(record, landing_, timings)) is not None)
-        return True
+        reserved: list[Handed] = []
+        handed_over = False
+        try:
+            result = self._conclude(beat, record, timings, lambda: self._attempt(
+                request, record, timings, reserved if may_hand else None))
+            if result is not None and result.landing is not None:
+                assert self.stage is not None
+                landing_ = result.landing
+                self.stage.hand(landing_.handed, lambda: self._conclude(
+                    beat, record, timings,
+                    lambda: self._land(record, landing_, timings)) is not None)
+                handed_over = True
+        finally:
+            # Reserved, then not handed over (a red check, any failure): what other workers
+            # applied on top of it cannot land either, and they must not wait for it.
+            if not handed_over and self.stage is not None:
+                for handed in reserved:
+                    self.stage.abandon(handed)
+        return handed_over
 
     def _conclude(self, beat: Heartbeat, record: Record, timings: Timings,
                   attempt: Callable[[], Result]) -> Result | None:
@@ -334,23 +341,42 @@ class Worker:
             landing_.lander.land(record, handed.target, handed.commit, landing_.tip)
         return Result(State.LANDED, handed.commit, landing_.lander.landed_ref(record))
 
-    def _attempt(self, request: ChangeRequest, record: Record, timings: Timings, *,
-                 may_hand: bool = False) -> Result:
+    def _attempt(self, request: ChangeRequest, record: Record, timings: Timings,
+                 reserved: list[Handed] | None = None) -> Result:
+        """One attempt. With ``reserved`` (a single request that may go to the landing
+        stage), it is applied on top of the last commit reserved there for its target (if
+        any), and its own commit is reserved there as soon as it is made and appended to
+        ``reserved`` for the caller, who hands it over or abandons it."""
         assert record.repo is not None and record.target is not None
         repo_config = self.app.config.repos.get(record.repo)
         if repo_config is None:
             raise Failed(Code.LAND_CONFLICT, f"the repo {record.repo!r} is no longer configured")
-        repo = GitRepo.at(repo_config.path)
-        target = record.target
-        lander = landing.for_repo(self.app, record.repo, repo_config, repo)
+        lander = landing.for_repo(self.app, record.repo, repo_config,
+                                  GitRepo.at(repo_config.path))
         dry_run = self.app.dry_run or request.dry_run
-        behind = (self.stage if may_hand and not dry_run and repo_config.land == "ref"
-                  else None)
+        behind = (self.stage if reserved is not None and not dry_run
+                  and repo_config.land == "ref" else None)
+        ahead = behind.tip(record.repo, record.target) if behind is not None else None
+        try:
+            return self._apply_and_check(request, record, timings, lander, dry_run,
+                                         behind, ahead, reserved)
+        except Failed as exc:
+            # Applied on top of a commit still to land, a failure may be that commit's doing
+            # (a red check, a conflict with its change): it counts only if that commit
+            # lands; else the request goes round again on the real tip.
+            if ahead is None or behind is None or behind.outcome(ahead):
+                raise
+            raise Retry(ErrorInfo(code=Code.LAND_CONFLICT, message=(
+                f"{exc.info.code.value} on top of {ahead.commit[:12]}, which did not land; "
+                "applying it again on the target's tip")), delay_s=0, race=True) from exc
+
+    def _apply_and_check(self, request: ChangeRequest, record: Record, timings: Timings,
+                         lander: landing.Lander, dry_run: bool, behind: LandStage | None,
+                         ahead: Handed | None, reserved: list[Handed] | None) -> Result:
+        assert record.repo is not None and record.target is not None
+        repo, target = lander.repo, record.target
         with ExitStack() as stack:
             with timings.step("prepare"):
-                # On top of the commit this worker handed over last for this target, which
-                # is still landing (land_stage.py), else the target's real tip.
-                ahead = behind.tip(record.repo, target) if behind is not None else None
                 tip = ahead.commit if ahead is not None else lander.tip(target)
                 if tip is None:
                     raise Failed(Code.LAND_CONFLICT, f"the target branch {target!r} does not "
@@ -382,15 +408,20 @@ class Worker:
                     raise Failed(Code.APPLY_CONFLICT, exc.message) from None
                 self._check_hashes(request, worktree, repo, applied.own_tree)
                 commit = repo.commit(worktree, tip, message, author, author_date)
+                handed = None
+                if behind is not None and reserved is not None:
+                    # The next request for this target may now be applied on top of it.
+                    handed = Handed(record.repo, target, commit, tip, parent=ahead)
+                    behind.reserve(handed)
+                    reserved.append(handed)
             applied_fields: dict[str, object] = {"applied_onto": tip, "base_commit": base_commit,
                                                  "apply_method": applied.method}
             results = self._run_checks(request, record, worktree, timings, applied_fields)
         # The slot is given back (and reset) before this: the one durable write before the
         # land, since the exactly-once search after a crash starts at applied_onto.
         fields = {"checks": results, **applied_fields}
-        if behind is not None:
-            return Result(State.LANDED, commit, landing=Landing(
-                Handed(record.repo, target, commit, parent=ahead), lander, tip, fields))
+        if handed is not None:
+            return Result(State.LANDED, commit, landing=Landing(handed, lander, tip, fields))
         self.app.records.update(record.id, **fields)
         if dry_run:
             return Result(State.VERIFIED, commit)
