@@ -1,9 +1,12 @@
 """Batching against one-by-one, side by side in one run: N non-conflicting requests with a slow
-check through `hyperion run --once --workers 1`, once with `batch: {max: M}` and once without.
-Prints JSON: check runs, wall seconds, and whether everything landed. The goal (issue 5): 20
-requests with a 5-second check land in about 3 check runs, not 20.
+check through `hyperion run --once --workers 1`, once with `batch: {max: M}` and once without;
+then without batching through `--workers W` (default 2), whose workers check requests in
+parallel, each on top of the one before (the landing stage's speculation). Prints JSON: check
+runs, wall seconds, and whether everything landed. The goal (issue 5): 20 requests with a
+5-second check land in about 3 check runs, not 20.
 
-    .venv/bin/python bench/batch.py [--n 20] [--check-s 5] [--max 10] [--bad 0]
+    .venv/bin/python bench/batch.py [--n 20] [--check-s 5] [--max 10] [--bad 0] [--workers 2]
+    .venv/bin/python bench/batch.py --compare-src DIR   # the W-worker case with DIR's src too
 
 `--bad K` makes K of the requests turn the check red, to measure the bisection's cost.
 """
@@ -40,7 +43,8 @@ def make_request(rid: str, path: str, text: str) -> dict[str, object]:
                          "sha256": hashlib.sha256(text.encode()).hexdigest()}]}
 
 
-def run_case(root: Path, n: int, check_s: float, batch_max: int | None, bad: int) -> dict:
+def run_case(root: Path, n: int, check_s: float, batch_max: int | None, bad: int,
+             workers: int = 1, src: Path | None = None) -> dict:
     repo = root / "repo"
     repo.mkdir(parents=True)
     git(repo, "init", "-q", "-b", "main")
@@ -56,7 +60,8 @@ def run_case(root: Path, n: int, check_s: float, batch_max: int | None, bad: int
         "sys.exit(3 if any(pathlib.Path('files').glob('bad*')) else 0)\n")
     batch = f"    batch: {{max: {batch_max}}}\n" if batch_max else ""
     (root / "hyperion.yaml").write_text(
-        f"state_dir: state\ninbox: inbox\nworkers: 1\nrepos:\n  demo:\n    path: {repo}\n"
+        f"state_dir: state\ninbox: inbox\nworkers: {workers}\nrepos:\n  demo:\n"
+        f"    path: {repo}\n"
         f"    target: main\n{batch}checks:\n  slow:\n"
         f"    run: [{json.dumps(sys.executable)}, {json.dumps(str(check))}]\n"
         f"    timeout_s: {check_s * 10 + 60}\n")
@@ -69,8 +74,9 @@ def run_case(root: Path, n: int, check_s: float, batch_max: int | None, bad: int
         request["priority"] = n - i      # keep submission order
         (root / "inbox" / f"{rid}.json").write_text(json.dumps(request))
     hyperion = [sys.executable, "-m", "hyperion", "--config", str(root / "hyperion.yaml")]
+    env = {**os.environ, **({"PYTHONPATH": str(src.resolve())} if src else {})}
     started = time.perf_counter()
-    subprocess.run([*hyperion, "run", "--once"], check=True, capture_output=True)
+    subprocess.run([*hyperion, "run", "--once"], check=True, capture_output=True, env=env)
     seconds = time.perf_counter() - started
     listed = json.loads(subprocess.run([*hyperion, "list", "--limit", str(n + 10), "--format",
                                         "json"], check=True, capture_output=True).stdout)
@@ -89,13 +95,23 @@ def main() -> None:
     parser.add_argument("--check-s", type=float, default=5.0)
     parser.add_argument("--max", type=int, default=10)
     parser.add_argument("--bad", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="workers of the parallel case (default 2)")
+    parser.add_argument("--compare-src", type=Path, default=None,
+                        help="another version's src/ for the parallel case, run beside it")
     args = parser.parse_args()
+    cases: list[tuple[str, int | None, int, Path | None]] = [
+        ("batched", args.max, 1, None), ("one_by_one", None, 1, None),
+        (f"workers_{args.workers}", None, args.workers, None)]
+    if args.compare_src:
+        cases.append((f"workers_{args.workers}_compare", None, args.workers, args.compare_src))
     results = {}
-    for label, batch_max in (("batched", args.max), ("one_by_one", None)):
+    for label, batch_max, workers, src in cases:
         with tempfile.TemporaryDirectory(prefix="hyperion-bench-batch-") as tmp:
-            results[label] = run_case(Path(tmp), args.n, args.check_s, batch_max, args.bad)
+            results[label] = run_case(Path(tmp), args.n, args.check_s, batch_max, args.bad,
+                                      workers, src)
     print(json.dumps({"n": args.n, "check_s": args.check_s, "batch_max": args.max,
-                      "bad": args.bad, "results": results,
+                      "bad": args.bad, "workers": args.workers, "results": results,
                       "speedup": round(results["one_by_one"]["wall_s"]
                                        / max(results["batched"]["wall_s"], 1e-9), 2)},
                      indent=2))

@@ -146,71 +146,67 @@ def test_when_a_commit_does_not_land_those_built_on_it_go_back_to_the_real_tip(
         assert record["applied_onto"] == parent
 
 
-def test_the_stage_lands_in_order_and_offers_the_last_pending_commit_as_the_tip() -> None:
+def _made(stage: LandStage, commit: str, base: str) -> Handed:
+    place = stage.claim("demo", "main")
+    stage.made(place, commit, base)
+    return place
+
+
+def test_places_are_claimed_on_top_of_the_last_commit_that_can_still_land() -> None:
     stage = LandStage()
-    gate, order = threading.Event(), []
-
-    def land(name: str, ok: bool = True) -> Callable[[], bool]:
-        def run() -> bool:
-            assert gate.wait(30)
-            order.append(name)
-            return ok
-        return run
-
-    first = Handed("demo", "main", "c1", "T")
-    stage.hand(first, land("c1", ok=False))
-    second = Handed("demo", "main", "c2", "c1", parent=first)
-    stage.hand(second, land("c2"))
-    stage.hand(Handed("demo", "other", "o1", "O"), land("o1"))
-    tip = stage.tip("demo", "main")
-    assert tip is not None and tip.commit == "c2"
-    gate.set()
-    stage.wait_empty()
-    stage.close()
-    assert order == ["c1", "c2", "o1"]
-    # Done: c1 failed, c2's link to it is dropped (a stream must not chain every commit).
-    assert first.failed and not second.failed and second.parent is None
-    assert stage.tip("demo", "main") is None and not stage.wait_empty()
-
-
-def test_commits_still_being_checked_are_offered_and_withdrawn_with_their_fate() -> None:
-    stage = LandStage()
-    first = Handed("demo", "main", "c1", "T")
-    stage.reserve(first)                        # made; its checks run
-    tip = stage.tip("demo", "main")
-    assert tip is first
-    second = Handed("demo", "main", "c2", "c1", parent=first)
-    stage.reserve(second)
-    assert stage.tip("demo", "main") is second
-    # Made on the real tip while c1 is pending: it expects main not to move first.
-    stale = Handed("demo", "main", "s1", "T")
-    stage.reserve(stale)
-    assert stage.tip("demo", "main") is second
+    first = _made(stage, "c1", "T")
+    assert first.parent is None                 # nothing pending: the real tip
+    second = _made(stage, "c2", "c1")
+    assert second.parent is first               # on top of c1, still being checked
+    third = stage.claim("demo", "main")
+    assert third.parent is second
+    stage.abandon(third)                        # e.g. its patch did not apply
     stage.abandon(first)                        # its checks failed
     assert not stage.outcome(first)
-    # c2 was built on it, so it cannot land; the stale one now can (main stays at T).
-    assert stage.tip("demo", "main") is stale
+    # c2 was built on c1, so it cannot land: the next place starts from the real tip.
+    fourth = _made(stage, "c4", "T")
+    assert fourth.parent is None
     stage.abandon(second)
-    stage.hand(stale, lambda: True)
-    assert stage.outcome(stale)
-    assert stage.tip("demo", "main") is None and not stage.wait_empty()
-    # After that land, a commit made on the old tip is not offered.
-    late = Handed("demo", "main", "l1", "T")
-    stage.reserve(late)
-    assert stage.tip("demo", "main") is None
-    stage.abandon(late)
+    stage.hand(fourth, lambda: True)
+    assert stage.outcome(fourth)
+    assert not stage.wait_empty()
+    # main is at c4 now: a commit still made on T cannot land, and is not built on.
+    stale = _made(stage, "s1", "T")
+    probe = stage.claim("demo", "main")
+    assert probe.parent is None
+    stage.abandon(probe)
+    stage.abandon(stale)
     stage.close()
 
 
-def test_a_commit_lands_only_after_the_ones_reserved_before_it_on_its_target() -> None:
+def test_a_claim_waits_until_the_place_before_it_has_its_commit() -> None:
+    # Two workers must never apply onto the same commit: the second waits for the first's
+    # apply (milliseconds), then builds on it.
+    stage = LandStage()
+    first = stage.claim("demo", "main")
+    claimed: list[Handed] = []
+    waiter = threading.Thread(target=lambda: claimed.append(stage.claim("demo", "main")),
+                              daemon=True)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()
+    other = stage.claim("demo", "other")        # another target does not wait
+    assert other.parent is None
+    stage.made(first, "c1", "T")
+    waiter.join(30)
+    assert claimed and claimed[0].parent is first
+    for place in (claimed[0], first, other):
+        stage.abandon(place)
+    stage.close()
+
+
+def test_a_commit_lands_only_after_the_ones_claimed_before_it_on_its_target() -> None:
     stage = LandStage()
     order: list[str] = []
-    first = Handed("demo", "main", "c1", "T")
-    stage.reserve(first)
-    second = Handed("demo", "main", "c2", "c1", parent=first)
-    stage.reserve(second)
-    other = Handed("demo", "other", "o1", "O")
-    stage.reserve(other)
+    first = _made(stage, "c1", "T")
+    second = _made(stage, "c2", "c1")
+    other = stage.claim("demo", "other")
+    stage.made(other, "o1", "O")
     stage.hand(second, lambda: order.append("c2") is None)
     stage.hand(other, lambda: order.append("o1") is None)
     assert stage.outcome(other)                 # another target does not wait
@@ -316,8 +312,7 @@ def test_a_request_checked_on_top_of_one_that_fails_goes_round_again(setup: Setu
 def test_waiting_for_one_target_does_not_wait_for_another() -> None:
     # A batch or a task waits for its own target's commits, not for a busy other target.
     stage = LandStage()
-    checking = Handed("demo", "main", "c1", "T")
-    stage.reserve(checking)
+    checking = _made(stage, "c1", "T")
     assert not stage.wait_empty("demo", "other")
     done = threading.Event()
     waiter = threading.Thread(target=lambda: (stage.wait_empty("demo", "main"), done.set()),

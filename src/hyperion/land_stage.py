@@ -1,16 +1,16 @@
 """The landing stage: checked commits land in order, in a thread of their own, while the
 workers go on to the next requests.
 
-A worker reserves its place here as soon as it has made a request's commit, before the checks
-run, and hands it over when they pass (or abandons it when they do not). The next request for
-the same target, in this worker or another, is applied on top of the last commit reserved
-here that can still land, and its checks run while the one below is still being checked or
-landed: the speculation of a merge queue (Zuul, bors), with the same safety. Each land is a
-compare-and-swap from the commit the request was applied onto, so a request only ever lands
-on exactly the tree its checks ran on; when the commit it was applied onto does not land (its
-checks failed, a person pushed to the target meanwhile), its own land loses the race and it
-is applied and checked again on the real tip, as any lost race is. Commits land in the order
-they were reserved, per target.
+A worker claims the next place on a request's target before it applies the request, records
+the commit it made there, and hands it over when the checks pass (or abandons it when they do
+not). The next request for the same target, in this worker or another, is applied on top of
+the last commit here that can still land, and its checks run while the one below is still
+being checked or landed: the speculation of a merge queue (Zuul, bors), with the same
+safety. Each land is a compare-and-swap from the commit the request was applied onto, so a
+request only ever lands on exactly the tree its checks ran on; when the commit it was applied
+onto does not land (its checks failed, a person pushed to the target meanwhile), its own land
+loses the race and it is applied and checked again on the real tip, as any lost race is.
+Commits land in the order their places were claimed, per target.
 
 Only single requests of ``land: ref`` repositories come here (a push lands on a remote the
 next request would fetch from; a batch or a task waits for the stage to empty first).
@@ -32,14 +32,14 @@ MAX_AHEAD = 4
 
 @dataclass(eq=False)
 class Handed:
-    """A commit on ``target`` of ``repo``, applied onto ``base``: ``parent``'s commit when the
-    worker speculated on one here, else the target's tip as read then. ``land`` is set when
-    its checks passed and it was handed over."""
+    """A place on ``target`` of ``repo``: once made, ``commit``, applied onto ``base``
+    (``parent``'s commit when the worker speculated on one here, else the target's tip as
+    read then). ``land`` is set when its checks passed and it was handed over."""
 
     repo: str
     target: str
-    commit: str
-    base: str
+    commit: str = ""
+    base: str = ""
     parent: Handed | None = None
     land: Callable[[], bool] | None = None
     failed: bool = False
@@ -69,32 +69,45 @@ class LandStage:
     def __init__(self, name: str = "land") -> None:
         self.name = name
         self._cond = threading.Condition()
-        self._pending: list[Handed] = []     # reserved, not landed or failed; in order
+        self._pending: list[Handed] = []     # claimed, not landed or failed; in order
         self._landed: dict[tuple[str, str], str] = {}   # per target, the last commit landed
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def tip(self, repo: str, target: str) -> Handed | None:
-        """The commit here the next request for ``target`` should be applied onto: the last
-        one reserved that can still land and leads back to the real tip. None: nothing is
-        pending there (or all of it is doomed), use the real tip."""
+    def claim(self, repo: str, target: str) -> Handed:
+        """The next place on ``target``, for a request about to be applied. Its ``parent`` is
+        the commit here to apply it onto (None: the target's real tip): the last one that
+        can still land and leads back to the real tip. Waits while the place before it is
+        claimed but its commit not made yet (a few milliseconds: its apply), so that two
+        workers never build on the same commit."""
+        key = (repo, target)
         with self._cond:
-            live = [(h, root) for h in self._pending
-                    if h.key == (repo, target) and (root := _root(h)) is not None]
-            if not live:
-                return None
-            # A commit made on the real tip while others were pending here expects the
-            # target not to move first: only the chain of the first one that can still land
-            # is offered, and only if that was made after this stage's last land there.
-            first = live[0][1]
-            if self._landed.get(first.key, first.base) != first.base:
-                return None
-            return next(h for h, root in reversed(live) if root is first)
+            while (last := self._last(key)) is not None and not last.commit:
+                self._cond.wait()
+            place = Handed(repo, target, parent=self._tip(key))
+            self._pending.append(place)
+            return place
 
-    def reserve(self, handed: Handed) -> None:
-        """Take the next place on ``handed.target``: made, not yet checked."""
+    def made(self, place: Handed, commit: str, base: str) -> None:
+        """The commit made in ``place``, applied onto ``base``; its checks run now."""
         with self._cond:
-            self._pending.append(handed)
+            place.commit, place.base = commit, base
+            self._cond.notify_all()
+
+    def _last(self, key: tuple[str, str]) -> Handed | None:
+        return next((h for h in reversed(self._pending) if h.key == key), None)
+
+    def _tip(self, key: tuple[str, str]) -> Handed | None:
+        # A chain's bottom commit was made on the target's tip as read then: it can land
+        # only if this stage landed nothing there since. Of the chains that can, the first
+        # one's end is offered (the others expect the target not to move before them).
+        live = [(h, root) for h in self._pending
+                if h.key == key and h.commit and (root := _root(h)) is not None
+                and self._landed.get(key, root.base) == root.base]
+        if not live:
+            return None
+        first = live[0][1]
+        return next(h for h, root in reversed(live) if root is first)
 
     def hand(self, handed: Handed, land: Callable[[], bool]) -> None:
         """Its checks passed: ``land`` (True when it landed) runs in the thread, in turn.
@@ -126,7 +139,7 @@ class LandStage:
             return not handed.failed
 
     def wait_empty(self, repo: str | None = None, target: str | None = None) -> bool:
-        """Until everything reserved (on ``target`` of ``repo`` when given) has landed or
+        """Until every place claimed (on ``target`` of ``repo`` when given) has landed or
         failed; True if anything had to."""
         def busy() -> bool:
             return any(repo is None or h.key == (repo, target) for h in self._pending)
@@ -139,7 +152,7 @@ class LandStage:
 
     def close(self) -> None:
         """Land what was handed over, then end the thread (a later ``hand`` starts a new
-        one). Commits still being checked stay reserved for their workers."""
+        one). Places still being applied or checked stay claimed for their workers."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -148,7 +161,7 @@ class LandStage:
             thread.join()
 
     def _next(self) -> Handed | None:
-        """The first commit handed over that nothing reserved before it on its target
+        """The first commit handed over that no place claimed before it on its target
         waits for (called with the lock held)."""
         waiting: set[tuple[str, str]] = set()
         for handed in self._pending:

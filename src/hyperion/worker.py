@@ -144,7 +144,7 @@ class Member:
 class Worker:
     """Takes leased requests to their next resting state. With a landing ``stage`` (the
     daemon's and ``run --once``'s, shared by their workers), a single request of a
-    ``land: ref`` repository is applied on top of the last commit reserved there for its
+    ``land: ref`` repository is applied on top of the last commit claimed there for its
     target, and once checked, landed by the stage while the worker goes on (land_stage.py)."""
 
     def __init__(self, app: App, name: str, *, stage: LandStage | None = None) -> None:
@@ -199,7 +199,7 @@ class Worker:
         return True
 
     def settle(self) -> bool:
-        """Wait until the landing stage has landed (or failed) all that was reserved there;
+        """Wait until the landing stage has landed (or failed) all that was claimed there;
         True if there was any (their outcomes may have queued more work: retries,
         dependents)."""
         return self.stage.wait_empty() if self.stage is not None else False
@@ -288,11 +288,11 @@ class Worker:
         """One attempt at ``request``, to its outcome; True when its land was handed to the
         landing stage instead (which then finishes it, and stops ``beat``)."""
         timings = Timings()
-        reserved: list[Handed] = []
+        claimed: list[Handed] = []
         handed_over = False
         try:
             result = self._conclude(beat, record, timings, lambda: self._attempt(
-                request, record, timings, reserved if may_hand else None))
+                request, record, timings, claimed if may_hand else None))
             if result is not None and result.landing is not None:
                 assert self.stage is not None
                 landing_ = result.landing
@@ -301,10 +301,10 @@ class Worker:
                     lambda: self._land(record, landing_, timings)) is not None)
                 handed_over = True
         finally:
-            # Reserved, then not handed over (a red check, any failure): what other workers
+            # Claimed, then not handed over (a red check, any failure): what other workers
             # applied on top of it cannot land either, and they must not wait for it.
             if not handed_over and self.stage is not None:
-                for handed in reserved:
+                for handed in claimed:
                     self.stage.abandon(handed)
         return handed_over
 
@@ -342,11 +342,11 @@ class Worker:
         return Result(State.LANDED, handed.commit, landing_.lander.landed_ref(record))
 
     def _attempt(self, request: ChangeRequest, record: Record, timings: Timings,
-                 reserved: list[Handed] | None = None) -> Result:
-        """One attempt. With ``reserved`` (a single request that may go to the landing
-        stage), it is applied on top of the last commit reserved there for its target (if
-        any), and its own commit is reserved there as soon as it is made and appended to
-        ``reserved`` for the caller, who hands it over or abandons it."""
+                 claimed: list[Handed] | None = None) -> Result:
+        """One attempt. With ``claimed`` (a single request that may go to the landing
+        stage), it claims the next place on its target there (appended to ``claimed`` for
+        the caller, who hands it over or abandons it) and is applied on top of the commit
+        before that place, if any, else on the target's tip."""
         assert record.repo is not None and record.target is not None
         repo_config = self.app.config.repos.get(record.repo)
         if repo_config is None:
@@ -354,12 +354,15 @@ class Worker:
         lander = landing.for_repo(self.app, record.repo, repo_config,
                                   GitRepo.at(repo_config.path))
         dry_run = self.app.dry_run or request.dry_run
-        behind = (self.stage if reserved is not None and not dry_run
+        behind = (self.stage if claimed is not None and not dry_run
                   and repo_config.land == "ref" else None)
-        ahead = behind.tip(record.repo, record.target) if behind is not None else None
+        place = behind.claim(record.repo, record.target) if behind is not None else None
+        if place is not None and claimed is not None:
+            claimed.append(place)
+        ahead = place.parent if place is not None else None
         try:
             return self._apply_and_check(request, record, timings, lander, dry_run,
-                                         behind, ahead, reserved)
+                                         behind, place)
         except Failed as exc:
             # Applied on top of a commit still to land, a failure may be that commit's doing
             # (a red check, a conflict with its change): it counts only if that commit
@@ -372,9 +375,10 @@ class Worker:
 
     def _apply_and_check(self, request: ChangeRequest, record: Record, timings: Timings,
                          lander: landing.Lander, dry_run: bool, behind: LandStage | None,
-                         ahead: Handed | None, reserved: list[Handed] | None) -> Result:
+                         place: Handed | None) -> Result:
         assert record.repo is not None and record.target is not None
         repo, target = lander.repo, record.target
+        ahead = place.parent if place is not None else None
         with ExitStack() as stack:
             with timings.step("prepare"):
                 tip = ahead.commit if ahead is not None else lander.tip(target)
@@ -408,20 +412,17 @@ class Worker:
                     raise Failed(Code.APPLY_CONFLICT, exc.message) from None
                 self._check_hashes(request, worktree, repo, applied.own_tree)
                 commit = repo.commit(worktree, tip, message, author, author_date)
-                handed = None
-                if behind is not None and reserved is not None:
+                if behind is not None and place is not None:
                     # The next request for this target may now be applied on top of it.
-                    handed = Handed(record.repo, target, commit, tip, parent=ahead)
-                    behind.reserve(handed)
-                    reserved.append(handed)
+                    behind.made(place, commit, tip)
             applied_fields: dict[str, object] = {"applied_onto": tip, "base_commit": base_commit,
                                                  "apply_method": applied.method}
             results = self._run_checks(request, record, worktree, timings, applied_fields)
         # The slot is given back (and reset) before this: the one durable write before the
         # land, since the exactly-once search after a crash starts at applied_onto.
         fields = {"checks": results, **applied_fields}
-        if handed is not None:
-            return Result(State.LANDED, commit, landing=Landing(handed, lander, tip, fields))
+        if place is not None:
+            return Result(State.LANDED, commit, landing=Landing(place, lander, tip, fields))
         self.app.records.update(record.id, **fields)
         if dry_run:
             return Result(State.VERIFIED, commit)
