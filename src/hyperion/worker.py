@@ -364,6 +364,8 @@ class Worker:
             return self._apply_and_check(request, record, timings, lander, dry_run,
                                          behind, place)
         except Failed as exc:
+            if place is not None and behind is not None:
+                behind.abandon(place)        # nothing more is built on it meanwhile
             # Applied on top of a commit still to land, a failure may be that commit's doing
             # (a red check, a conflict with its change): it counts only if that commit
             # lands; else the request goes round again on the real tip.
