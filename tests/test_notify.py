@@ -114,8 +114,10 @@ def test_events_are_routed_by_tag_and_escalations_reach_oncall_by_email(
     mail = (f"mailto://127.0.0.1:{smtp.port}?from=hyperion@example.invalid"
             "&to=oncall@example.invalid")
     s = routed_setup(tmp_path, team, mail)
-    s.drop("ok.json", s.request("good-1", {"app.py": "VALUE = 2\n"}))
-    s.drop("bad.json", s.request("bad-1", {"docs/readme.txt": "x\n", "app.py": "BROKEN\n"}))
+    # Apart, so that bad-1 fails its check in whatever order the two workers take them (two
+    # edits of app.py conflict when one is applied on top of the other).
+    s.drop("ok.json", s.request("good-1", {"docs/readme.txt": "x\n"}))
+    s.drop("bad.json", s.request("bad-1", {"app.py": "BROKEN\n"}))
     assert s.cli("run", "--once").returncode == 0
     assert sorted(n["title"] for n in team.received) == ["hyperion: bad-1 failed",
                                                          "hyperion: good-1 landed"]
