@@ -80,6 +80,15 @@ def test_worktree_reset_checks_head_and_leftovers(tmp_path: Path) -> None:
     assert git(slot, "rev-parse", "HEAD").strip() == second
 
 
+def _slot_hiding_a_change(tmp_path: Path, repo: GitRepo, commit: str) -> Path:
+    """A slot at ``commit`` in which a check changed a.txt behind a skip-worktree bit."""
+    slot = tmp_path / "slot"
+    repo.worktree_add(slot, commit)
+    git(slot, "update-index", "--skip-worktree", "a.txt")
+    (slot / "a.txt").write_text("written by a check\n")
+    return slot
+
+
 def test_worktree_reset_refuses_a_slot_whose_index_hides_a_changed_file(tmp_path: Path) -> None:
     # skip-worktree survives `git checkout --force` and git status does not show the file, so
     # without this guard the next request's checks would see the check's version of a.txt
@@ -90,10 +99,7 @@ def test_worktree_reset_refuses_a_slot_whose_index_hides_a_changed_file(tmp_path
     git(repo_path, "commit", "-q", "-am", "second")
     second = git(repo_path, "rev-parse", "HEAD").strip()
     repo = GitRepo(repo_path)
-    slot = tmp_path / "slot"
-    repo.worktree_add(slot, first)
-    git(slot, "update-index", "--skip-worktree", "a.txt")
-    (slot / "a.txt").write_text("written by a check\n")
+    slot = _slot_hiding_a_change(tmp_path, repo, first)
     problem = repo.worktree_reset(slot, second)
     assert problem is not None and "skip-worktree" in problem
     # assume-unchanged does not survive: git checkout --force looks past it and puts the
@@ -156,10 +162,7 @@ def test_a_slot_at_its_commit_with_a_hidden_change_is_not_trusted(tmp_path: Path
     repo_path = make_repo(tmp_path / "r", FILES)
     head = git(repo_path, "rev-parse", "HEAD").strip()
     repo = GitRepo(repo_path)
-    slot = tmp_path / "slot"
-    repo.worktree_add(slot, head)
-    git(slot, "update-index", "--skip-worktree", "a.txt")
-    (slot / "a.txt").write_text("written by a check\n")
+    slot = _slot_hiding_a_change(tmp_path, repo, head)
     problem = repo.worktree_reset(slot, head)
     assert problem is not None and "skip-worktree" in problem
 
