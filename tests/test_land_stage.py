@@ -18,7 +18,7 @@ from hyperion import land_stage, landing
 from hyperion.app import App
 from hyperion.config import load_config
 from hyperion.intake.inbox import Inbox
-from hyperion.land_stage import Handed, LandStage
+from hyperion.land_stage import LandStage, Place
 from hyperion.records import Record
 from hyperion.worker import Worker
 
@@ -146,7 +146,7 @@ def test_when_a_commit_does_not_land_those_built_on_it_go_back_to_the_real_tip(
         assert record["applied_onto"] == parent
 
 
-def _made(stage: LandStage, commit: str, base: str) -> Handed:
+def _made(stage: LandStage, commit: str, base: str) -> Place:
     place = stage.claim("demo", "main")
     stage.made(place, commit, base)
     return place
@@ -184,7 +184,7 @@ def test_a_claim_waits_until_the_place_before_it_has_its_commit() -> None:
     # apply (milliseconds), then builds on it.
     stage = LandStage()
     first = stage.claim("demo", "main")
-    claimed: list[Handed] = []
+    claimed: list[Place] = []
     waiter = threading.Thread(target=lambda: claimed.append(stage.claim("demo", "main")),
                               daemon=True)
     waiter.start()
@@ -223,9 +223,9 @@ def test_the_worker_waits_when_too_many_commits_are_still_to_land(
     stage = LandStage()
     gate = threading.Event()
     for n in range(2):
-        stage.hand(Handed("demo", "main", f"c{n}", "T"), lambda: gate.wait(30))
+        stage.hand(Place("demo", "main", f"c{n}", "T"), lambda: gate.wait(30))
     third = threading.Thread(target=stage.hand,
-                             args=(Handed("demo", "main", "c2", "T"), lambda: True), daemon=True)
+                             args=(Place("demo", "main", "c2", "T"), lambda: True), daemon=True)
     third.start()
     third.join(0.5)
     assert third.is_alive()                  # held back until a land finishes
@@ -239,9 +239,9 @@ def test_a_closed_stage_lands_what_is_handed_to_it_later() -> None:
     # run --once drains again when retries come due, with the same workers.
     stage = LandStage()
     landed: list[str] = []
-    stage.hand(Handed("demo", "main", "c1", "T"), lambda: landed.append("c1") is None)
+    stage.hand(Place("demo", "main", "c1", "T"), lambda: landed.append("c1") is None)
     stage.close()
-    stage.hand(Handed("demo", "main", "c2", "c1"), lambda: landed.append("c2") is None)
+    stage.hand(Place("demo", "main", "c2", "c1"), lambda: landed.append("c2") is None)
     stage.wait_empty()
     stage.close()
     assert landed == ["c1", "c2"]

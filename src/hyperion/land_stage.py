@@ -31,7 +31,7 @@ MAX_AHEAD = 4
 
 
 @dataclass(eq=False)
-class Handed:
+class Place:
     """A place on ``target`` of ``repo``: once made, ``commit``, applied onto ``base``
     (``parent``'s commit when the worker speculated on one here, else the target's tip as
     read then). ``land`` is set when its checks passed and it was handed over."""
@@ -40,7 +40,7 @@ class Handed:
     target: str
     commit: str = ""
     base: str = ""
-    parent: Handed | None = None
+    parent: Place | None = None
     land: Callable[[], bool] | None = None
     failed: bool = False
     done: bool = False
@@ -50,11 +50,11 @@ class Handed:
         return self.repo, self.target
 
 
-def _root(handed: Handed) -> Handed | None:
-    """The bottom of the chain ``handed`` was applied onto among the commits not landed yet
+def _root(place: Place) -> Place | None:
+    """The bottom of the chain ``place`` was applied onto among the commits not landed yet
     (itself when it was made on the target's tip, or on a commit that has landed since);
     None when it, or any commit below it, failed."""
-    root = handed
+    root = place
     while not root.failed:
         parent = root.parent
         if parent is None or (parent.done and not parent.failed):
@@ -69,12 +69,12 @@ class LandStage:
     def __init__(self, name: str = "land") -> None:
         self.name = name
         self._cond = threading.Condition()
-        self._pending: list[Handed] = []     # claimed, not landed or failed; in order
+        self._pending: list[Place] = []     # claimed, not landed or failed; in order
         self._landed: dict[tuple[str, str], str] = {}   # per target, the last commit landed
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def claim(self, repo: str, target: str) -> Handed:
+    def claim(self, repo: str, target: str) -> Place:
         """The next place on ``target``, for a request about to be applied. Its ``parent`` is
         the commit here to apply it onto (None: the target's real tip): the last one that
         can still land and leads back to the real tip. Waits while the place before it is
@@ -84,20 +84,20 @@ class LandStage:
         with self._cond:
             while (last := self._last(key)) is not None and not last.commit:
                 self._cond.wait()
-            place = Handed(repo, target, parent=self._tip(key))
+            place = Place(repo, target, parent=self._tip(key))
             self._pending.append(place)
             return place
 
-    def made(self, place: Handed, commit: str, base: str) -> None:
+    def made(self, place: Place, commit: str, base: str) -> None:
         """The commit made in ``place``, applied onto ``base``; its checks run now."""
         with self._cond:
             place.commit, place.base = commit, base
             self._cond.notify_all()
 
-    def _last(self, key: tuple[str, str]) -> Handed | None:
+    def _last(self, key: tuple[str, str]) -> Place | None:
         return next((h for h in reversed(self._pending) if h.key == key), None)
 
-    def _tip(self, key: tuple[str, str]) -> Handed | None:
+    def _tip(self, key: tuple[str, str]) -> Place | None:
         # A chain's bottom commit was made on the target's tip as read then: it can land
         # only if this stage landed nothing there since. Of the chains that can, the first
         # one's end is offered (the others expect the target not to move before them).
@@ -109,13 +109,13 @@ class LandStage:
         first = live[0][1]
         return next(h for h, root in reversed(live) if root is first)
 
-    def hand(self, handed: Handed, land: Callable[[], bool]) -> None:
+    def hand(self, place: Place, land: Callable[[], bool]) -> None:
         """Its checks passed: ``land`` (True when it landed) runs in the thread, in turn.
         Waits while MAX_AHEAD others are checked and waiting to land."""
         with self._cond:
-            if handed not in self._pending:
-                self._pending.append(handed)
-            handed.land = land
+            if place not in self._pending:
+                self._pending.append(place)
+            place.land = land
             self._closed = False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=f"{self.name}-stage",
@@ -125,18 +125,18 @@ class LandStage:
             while sum(1 for h in self._pending if h.land is not None) > MAX_AHEAD:
                 self._cond.wait()
 
-    def abandon(self, handed: Handed) -> None:
+    def abandon(self, place: Place) -> None:
         """It will not be handed over (its checks failed, or its attempt ended otherwise):
         what was applied onto it cannot land either."""
         with self._cond:
-            self._finished(handed, landed=False)
+            self._finished(place, landed=False)
 
-    def outcome(self, handed: Handed) -> bool:
-        """Whether ``handed`` landed, once it has landed or failed (waits until then)."""
+    def outcome(self, place: Place) -> bool:
+        """Whether ``place`` landed, once it has landed or failed (waits until then)."""
         with self._cond:
-            while not handed.done:
+            while not place.done:
                 self._cond.wait()
-            return not handed.failed
+            return not place.failed
 
     def wait_empty(self, repo: str | None = None, target: str | None = None) -> bool:
         """Until every place claimed (on ``target`` of ``repo`` when given) has landed or
@@ -160,48 +160,48 @@ class LandStage:
         if thread is not None:
             thread.join()
 
-    def _next(self) -> Handed | None:
+    def _next(self) -> Place | None:
         """The first commit handed over that no place claimed before it on its target
         waits for (called with the lock held)."""
         waiting: set[tuple[str, str]] = set()
-        for handed in self._pending:
-            if handed.key in waiting:
+        for place in self._pending:
+            if place.key in waiting:
                 continue
-            if handed.land is not None:
-                return handed
-            waiting.add(handed.key)
+            if place.land is not None:
+                return place
+            waiting.add(place.key)
         return None
 
-    def _finished(self, handed: Handed, *, landed: bool) -> None:
-        handed.failed = not landed
-        handed.done = True
+    def _finished(self, place: Place, *, landed: bool) -> None:
+        place.failed = not landed
+        place.done = True
         if landed:
-            self._landed[handed.key] = handed.commit
+            self._landed[place.key] = place.commit
         # Only a pending ancestor's failure matters to those built on this one; dropping
         # the link keeps a steady stream from chaining every commit.
-        handed.parent = None
-        if handed in self._pending:
-            self._pending.remove(handed)
+        place.parent = None
+        if place in self._pending:
+            self._pending.remove(place)
         self._cond.notify_all()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                handed = self._next()
-                while handed is None:
+                place = self._next()
+                while place is None:
                     if self._closed:
                         # Decided under the lock, so a hand() after this starts a new thread.
                         self._thread = None
                         return
                     self._cond.wait()
-                    handed = self._next()
+                    place = self._next()
             landed = False
             try:
-                assert handed.land is not None
-                landed = handed.land()
+                assert place.land is not None
+                landed = place.land()
             except BaseException:
                 log.exception("landing stage: the land of %s failed unexpectedly",
-                              handed.commit)
+                              place.commit)
             finally:
                 with self._cond:
-                    self._finished(handed, landed=landed)
+                    self._finished(place, landed=landed)

@@ -13,7 +13,7 @@ from hyperion.metrics import METRICS
 from hyperion.records import State
 
 if TYPE_CHECKING:
-    from hyperion.land_stage import Handed
+    from hyperion.land_stage import Place
     from hyperion.landing import Lander
 
 
@@ -41,11 +41,11 @@ class Retry(Exception):
 
 @dataclass(frozen=True)
 class Landing:
-    """A checked commit still to land: ``handed`` (its target and commit) by ``lander``,
+    """A checked commit still to land: ``place`` (its target and commit) by ``lander``,
     from ``tip``, the commit it was applied onto, after ``record_fields`` (where it applied,
     its check results) are written to its record."""
 
-    handed: Handed
+    place: Place
     lander: Lander
     tip: str
     record_fields: dict[str, object]

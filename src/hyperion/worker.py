@@ -33,7 +33,7 @@ from hyperion.gate.review import tree_refusal
 from hyperion.gitops import GitError, GitRepo
 from hyperion.intake.dependencies import settle_dependents
 from hyperion.intake.git_requests import landing_identity
-from hyperion.land_stage import Handed, LandStage
+from hyperion.land_stage import LandStage, Place
 from hyperion.outcome import Failed, Landing, Result, Retry, Timings
 from hyperion.pool import WorktreePool
 from hyperion.records import CheckResult, Record, State
@@ -288,7 +288,7 @@ class Worker:
         """One attempt at ``request``, to its outcome; True when its land was handed to the
         landing stage instead (which then finishes it, and stops ``beat``)."""
         timings = Timings()
-        claimed: list[Handed] = []
+        claimed: list[Place] = []
         handed_over = False
         try:
             result = self._conclude(beat, record, timings, lambda: self._attempt(
@@ -296,7 +296,7 @@ class Worker:
             if result is not None and result.landing is not None:
                 assert self.stage is not None
                 landing_ = result.landing
-                self.stage.hand(landing_.handed, lambda: self._conclude(
+                self.stage.hand(landing_.place, lambda: self._conclude(
                     beat, record, timings,
                     lambda: self._land(record, landing_, timings)) is not None)
                 handed_over = True
@@ -304,8 +304,8 @@ class Worker:
             # Claimed, then not handed over (a red check, any failure): what other workers
             # applied on top of it cannot land either, and they must not wait for it.
             if not handed_over and self.stage is not None:
-                for handed in claimed:
-                    self.stage.abandon(handed)
+                for place in claimed:
+                    self.stage.abandon(place)
         return handed_over
 
     def _conclude(self, beat: Heartbeat, record: Record, timings: Timings,
@@ -335,14 +335,14 @@ class Worker:
 
     def _land(self, record: Record, landing_: Landing, timings: Timings) -> Result:
         """The landing stage's part of a handed request (in its thread)."""
-        handed = landing_.handed
+        place = landing_.place
         self.app.records.update(record.id, **landing_.record_fields)
         with timings.step("land"):
-            landing_.lander.land(record, handed.target, handed.commit, landing_.tip)
-        return Result(State.LANDED, handed.commit, landing_.lander.landed_ref(record))
+            landing_.lander.land(record, place.target, place.commit, landing_.tip)
+        return Result(State.LANDED, place.commit, landing_.lander.landed_ref(record))
 
     def _attempt(self, request: ChangeRequest, record: Record, timings: Timings,
-                 claimed: list[Handed] | None = None) -> Result:
+                 claimed: list[Place] | None = None) -> Result:
         """One attempt. With ``claimed`` (a single request that may go to the landing
         stage), it claims the next place on its target there (appended to ``claimed`` for
         the caller, who hands it over or abandons it) and is applied on top of the commit
@@ -377,7 +377,7 @@ class Worker:
 
     def _apply_and_check(self, request: ChangeRequest, record: Record, timings: Timings,
                          lander: landing.Lander, dry_run: bool, behind: LandStage | None,
-                         place: Handed | None) -> Result:
+                         place: Place | None) -> Result:
         assert record.repo is not None and record.target is not None
         repo, target = lander.repo, record.target
         ahead = place.parent if place is not None else None
