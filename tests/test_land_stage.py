@@ -223,9 +223,9 @@ def test_the_worker_waits_when_too_many_commits_are_still_to_land(
     stage = LandStage()
     gate = threading.Event()
     for n in range(2):
-        stage.hand(Place("demo", "main", f"c{n}", "T"), lambda: gate.wait(30))
+        stage.hand(_made(stage, f"c{n}", "T"), lambda: gate.wait(30))
     third = threading.Thread(target=stage.hand,
-                             args=(Place("demo", "main", "c2", "T"), lambda: True), daemon=True)
+                             args=(_made(stage, "c2", "c1"), lambda: True), daemon=True)
     third.start()
     third.join(0.5)
     assert third.is_alive()                  # held back until a land finishes
@@ -239,9 +239,9 @@ def test_a_closed_stage_lands_what_is_handed_to_it_later() -> None:
     # run --once drains again when retries come due, with the same workers.
     stage = LandStage()
     landed: list[str] = []
-    stage.hand(Place("demo", "main", "c1", "T"), lambda: landed.append("c1") is None)
+    stage.hand(_made(stage, "c1", "T"), lambda: landed.append("c1") is None)
     stage.close()
-    stage.hand(Place("demo", "main", "c2", "c1"), lambda: landed.append("c2") is None)
+    stage.hand(_made(stage, "c2", "c1"), lambda: landed.append("c2") is None)
     stage.wait_empty()
     stage.close()
     assert landed == ["c1", "c2"]

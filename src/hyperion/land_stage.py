@@ -13,7 +13,8 @@ loses the race and it is applied and checked again on the real tip, as any lost 
 Commits land in the order their places were claimed, per target.
 
 Only single requests of ``land: ref`` repositories come here (a push lands on a remote the
-next request would fetch from; a batch or a task waits for the stage to empty first).
+next request would fetch from; a batch or a task first waits until nothing is claimed here
+on its target).
 """
 
 from __future__ import annotations
@@ -113,8 +114,7 @@ class LandStage:
         """Its checks passed: ``land`` (True when it landed) runs in the thread, in turn.
         Waits while MAX_AHEAD others are checked and waiting to land."""
         with self._cond:
-            if place not in self._pending:
-                self._pending.append(place)
+            assert place in self._pending, "hand() of a place that was not claimed"
             place.land = land
             self._closed = False
             if self._thread is None:

@@ -5,15 +5,15 @@ says who uses it: whoever holds an flock on it (a thread or a process; the kerne
 lock when its process dies, so a killed worker never strands a slot).
 
 Preparing a worktree per request would check out the whole tree each time, a cost that grows
-with the repository. A pooled slot is instead reset to the wanted commit: ``git clean -ffdx``
-and a status, which is all it takes when the slot is already at that commit (the usual case:
-the request before landed it there) and its checks changed no tracked file; otherwise a
-checkout (git rewrites only the files that differ) and the same again. It is guarded before
-use: it must still be this
-repository's worktree and hold nothing but that commit (nothing modified, staged, untracked or
-ignored, and no file marked skip-worktree, which checkout and status would both pass over). A
-slot that fails the guard is removed and added afresh, so a check that wrecked its worktree
-costs one full checkout, not a wrong result.
+with the repository. A pooled slot is instead reset to the wanted commit: when the slot is
+already at that commit (the usual case: the request before landed it there), one read-only
+``git ls-files`` proves that its check left nothing, or ``git clean -ffdx`` and a status
+remove what it left; otherwise a checkout (git rewrites only the files that differ) and the
+same again. It is guarded before use: it must still be this repository's worktree and hold
+nothing but that commit (nothing modified, staged, untracked or ignored, and no file marked
+skip-worktree, which checkout and status would both pass over). A slot that fails the guard
+is removed and added afresh, so a check that wrecked its worktree costs one full checkout, not
+a wrong result.
 
 The reset runs when a slot is given back, not when it is next taken: the process keeps the
 slot's lock and resets it to its own HEAD (the commit just made) in a background thread while
