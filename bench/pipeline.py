@@ -101,13 +101,17 @@ sys.exit(main())
 CHECKS = {"true": ["/bin/true"], "python": [sys.executable, "-c", "pass"]}
 #: The contender's name after its source's: hyperion (run --once), hyperion_daemon.
 RUNNER_SUFFIX = {"once": "", "daemon": "_daemon"}
-RUNNER_LABEL = {"once": "hyperion submit/inbox, then hyperion run --once --workers 1",
-                "daemon": "hyperion run --workers 1, a long-running daemon started and ready "
+RUNNER_LABEL = {"once": "hyperion submit/inbox, then hyperion run --once --workers W",
+                "daemon": "hyperion run --workers W, a long-running daemon started and ready "
                           "before the clock"}
 #: How often the daemon contender looks for the requests' ends. The end time is the last
 #: record's `landed` timestamp, so this only bounds how late the bench notices.
 POLL_S = 0.005
 READY_TIMEOUT_S = 120.0
+
+
+def runner_label(runner: str, args: argparse.Namespace) -> str:
+    return RUNNER_LABEL[runner].replace("--workers W", f"--workers {args.workers}")
 
 
 def runners(args: argparse.Namespace) -> list[str]:
@@ -279,7 +283,7 @@ class PipelineRound:
         (folder / "inbox").mkdir()
         config = folder / "hyperion.yaml"
         config.write_text(
-            "state_dir: state\ninbox: inbox\nworkers: 1\n"
+            f"state_dir: state\ninbox: inbox\nworkers: {self.args.workers}\n"
             f"repos:\n  demo:\n    path: {json.dumps(str(repo))}\n"
             "    target: main\n"
             + (f"    batch: {{max: {self.args.batch}}}\n" if self.args.batch > 1 else "")
@@ -360,8 +364,9 @@ class PipelineRound:
             result["drop_wall_s"] = round(time.perf_counter() - started, 3)
             submit_s = 0.0
         run_started = time.time()
-        run_s, _ = self._hyperion(inst, "run", "--once", "--workers", "1", profile=profile)
-        idle_s, _ = self._hyperion(inst, "run", "--once", "--workers", "1")
+        workers = str(self.args.workers)
+        run_s, _ = self._hyperion(inst, "run", "--once", "--workers", workers, profile=profile)
+        idle_s, _ = self._hyperion(inst, "run", "--once", "--workers", workers)
         result.update({"run_once_wall_s": round(run_s, 3),
                        "run_once_idle_s": round(idle_s, 3)})
         total = submit_s + run_s
@@ -406,7 +411,7 @@ class PipelineRound:
         files = self._requests(inst) if submit else []
         payloads = [self._request(i) for i in range(self.n)]
         result: dict[str, Any] = {}
-        with DaemonProcess(inst) as daemon:
+        with DaemonProcess(inst, self.args.workers) as daemon:
             result["daemon_start_to_ready_s"] = round(daemon.start(), 3)
             started_wall, started = time.time(), time.perf_counter()
             if submit:
@@ -499,8 +504,9 @@ class DaemonProcess:
     that, so it is no readiness signal. Done: the ``landed`` lines appended to the audit log,
     which records.py appends after the record itself is written."""
 
-    def __init__(self, inst: Instance) -> None:
+    def __init__(self, inst: Instance, workers: int) -> None:
         self.inst = inst
+        self.workers = workers
         digest = hashlib.sha256(str(inst.folder).encode()).hexdigest()[:16]
         self.socket_name = f"hyperion-bench-{os.getpid()}-{digest}"   # abstract: no path limit
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -540,7 +546,7 @@ class DaemonProcess:
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hyperion", "--config", str(self.inst.config), "run",
-                 "--workers", "1"], cwd=self.inst.folder, env=env, stdin=subprocess.DEVNULL,
+                 "--workers", str(self.workers)], cwd=self.inst.folder, env=env, stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=subprocess.STDOUT)
         self.sock.settimeout(0.1)
         while True:
@@ -646,7 +652,8 @@ def run_pipeline(root: Path, git: PlainGit, args: argparse.Namespace) -> dict[st
         rounds.append(result)
     out: dict[str, Any] = {
         "n": args.n, "rounds": args.rounds, "intake": args.intake, "layout": args.layout,
-        "runners": {"hyperion" + RUNNER_SUFFIX[r]: RUNNER_LABEL[r] for r in runners(args)},
+        "runners": {"hyperion" + RUNNER_SUFFIX[r]: runner_label(r, args) for r in runners(args)},
+        "workers": args.workers,
         "check": CHECKS[args.check], "repo_files": max(args.files, args.n),
         "compare_src": str(args.compare_src) if args.compare_src else None,
         "per_round": rounds,
@@ -685,7 +692,7 @@ def run_pipeline(root: Path, git: PlainGit, args: argparse.Namespace) -> dict[st
     # The issue's goals, for this source's hyperion under each runner.
     summary_["goals"] = {
         runner: {"contender": "hyperion" + RUNNER_SUFFIX[runner],
-                 "runner": RUNNER_LABEL[runner],
+                 "runner": runner_label(runner, args),
                  "ratio": summary_["ratio" + RUNNER_SUFFIX[runner]],
                  "ratio_at_most_3": summary_["ratio" + RUNNER_SUFFIX[runner]] <= 3.0,
                  "ratio_at_most_1_5": summary_["ratio" + RUNNER_SUFFIX[runner]] <= 1.5}
@@ -891,6 +898,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="hyperion as hyperion run --once after the intake, as a "
                              "long-running hyperion run daemon started before the clock, or "
                              "both side by side (default both)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="hyperion's workers (default 1; the config's default is 2)")
     parser.add_argument("--batch", type=int, default=1,
                         help="hyperion's repository batches up to this many requests per "
                         "check run (batch: {max: N}); default 1, no batching")

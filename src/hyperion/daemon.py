@@ -115,6 +115,7 @@ def run_once(app: App, *, workers: int) -> None:
                 return
     finally:
         stage.close()
+        app.records.flush()
 
 
 def _drain(worker: Worker) -> None:
@@ -264,6 +265,7 @@ class Daemon:
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
         self.stage.close()                   # what was checked and handed over still lands
+        self.app.records.flush()
         log.info("stopped")
 
     def _work(self, worker: Worker) -> None:

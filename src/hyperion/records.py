@@ -3,14 +3,24 @@
 A record is what a person asks about: a request's state, history, error and outcome. Each is
 one JSON file, rewritten atomically on every transition; every transition is also appended to
 the audit log. The original bytes a request arrived as are kept beside its record.
+
+A transition may be written behind (``RecordStore.transition_behind``): a thread of the
+store writes it while the caller goes on. The worker marks a request ``running`` that way:
+nothing depends on that mark surviving a crash (the spool's lease does). It calls ``flush()``
+before any check runs, so a check that kills hyperion still finds its request marked running
+(and the attempt counts as a crash). In the process every other read or write of that record
+waits for it, so the record reads as if written at once and its history keeps its order.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -22,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hyperion.errors import ErrorInfo
 from hyperion.fsutil import append_line, exclusive, write_atomic
 from hyperion.metrics import METRICS
+
+log = logging.getLogger(__name__)
 
 
 class State(StrEnum):
@@ -145,9 +157,20 @@ class RecordStore:
         self.root = state_dir / "records"
         self.audit_path = state_dir / "audit.jsonl"
         self.root.mkdir(parents=True, exist_ok=True)
+        # Transitions written behind: one thread, so they are made in the order asked; per
+        # record the last one asked (the earlier ones are done before it).
+        self._behind: ThreadPoolExecutor | None = None
+        self._pending: dict[str, Future[None]] = {}
+        self._pending_guard = threading.Lock()
 
     @contextmanager
     def _locked(self, record_id: str) -> Iterator[None]:
+        self._settle(record_id)
+        with self._lock_only(record_id):
+            yield
+
+    @contextmanager
+    def _lock_only(self, record_id: str) -> Iterator[None]:
         # One writer of a record at a time, across threads and processes. The records are
         # spread over LOCK_STRIPES lock files, so that writers of different records (the
         # worker marking the next request running while its landing stage records the last
@@ -156,6 +179,20 @@ class RecordStore:
         with exclusive(self.root / f".lock.{stripe}"):
             yield
 
+    def _settle(self, record_id: str) -> None:
+        """Wait for the transitions of ``record_id`` this process is writing behind."""
+        with self._pending_guard:
+            future = self._pending.get(record_id)
+        if future is not None:
+            wait([future])
+
+    def flush(self) -> None:
+        """Wait until every transition written behind so far is on disk (or has failed, which
+        was logged)."""
+        with self._pending_guard:
+            futures = list(self._pending.values())
+        wait(futures)
+
     def _path(self, record_id: str) -> Path:
         return self.root / f"{record_id}.json"
 
@@ -163,6 +200,10 @@ class RecordStore:
         return self.root / f"{record_id}.request"
 
     def get(self, record_id: str) -> Record | None:
+        self._settle(record_id)
+        return self._read(record_id)
+
+    def _read(self, record_id: str) -> Record | None:
         try:
             raw = self._path(record_id).read_bytes()
         except FileNotFoundError:
@@ -188,26 +229,56 @@ class RecordStore:
 
     def transition(self, record_id: str, to: State, *, by: str, reason: str,
                    timings: dict[str, float] | None = None, **updates: Any) -> Record:
+        """Move the record to ``to``, with a history entry; the record as it now is."""
+        at = now_iso()
         with self._locked(record_id):
-            record = self.get(record_id)
-            if record is None:
-                raise KeyError(record_id)
-            at = now_iso()
-            entry = HistoryEntry(at=at, from_=record.state, to=to, by=by, reason=reason,
-                                 timings=timings or None)
-            if timings:
-                updates["timings"] = timings
-            record = record.model_copy(update={
-                **updates, "state": to, "updated_at": at,
-                "history": [*record.history, entry]})
-            write_atomic(self._path(record_id), _dump(record))
-            self._audit(record_id, entry)
-            return record
+            return self._transition(record_id, to, by, reason, at, timings, updates)
+
+    def transition_behind(self, record_id: str, to: State, *, by: str, reason: str,
+                          **updates: Any) -> Record:
+        """:meth:`transition`, written behind (see the module's docstring): it returns at
+        once the record expected, made from the record as read now."""
+        at = now_iso()
+        current = self.get(record_id)
+        if current is None:
+            raise KeyError(record_id)
+        with self._pending_guard:
+            if self._behind is None:
+                self._behind = ThreadPoolExecutor(1, thread_name_prefix="records-behind")
+            self._pending[record_id] = future = self._behind.submit(
+                self._write_behind, record_id, to, by, reason, at, updates)
+        future.add_done_callback(lambda done: self._forget(record_id, done))
+        return _moved(current, to, by, reason, at, None, updates)[0]
+
+    def _transition(self, record_id: str, to: State, by: str, reason: str, at: str,
+                    timings: dict[str, float] | None, updates: dict[str, Any]) -> Record:
+        """The transition itself, with the record's lock held."""
+        current = self._read(record_id)
+        if current is None:
+            raise KeyError(record_id)
+        record, entry = _moved(current, to, by, reason, at, timings, updates)
+        write_atomic(self._path(record_id), _dump(record))
+        self._audit(record_id, entry)
+        return record
+
+    def _write_behind(self, record_id: str, to: State, by: str, reason: str, at: str,
+                      updates: dict[str, Any]) -> None:
+        try:
+            with self._lock_only(record_id):
+                self._transition(record_id, to, by, reason, at, None, updates)
+        except Exception:
+            log.exception("could not record %s as %s", record_id, to.value,
+                          extra={"request_id": record_id})
+
+    def _forget(self, record_id: str, done: Future[None]) -> None:
+        with self._pending_guard:
+            if self._pending.get(record_id) is done:
+                del self._pending[record_id]
 
     def update(self, record_id: str, **updates: Any) -> Record:
         """Change fields without a state transition (e.g. check results while running)."""
         with self._locked(record_id):
-            record = self.get(record_id)
+            record = self._read(record_id)
             if record is None:
                 raise KeyError(record_id)
             record = record.model_copy(update={**updates, "updated_at": now_iso()})
@@ -228,6 +299,18 @@ class RecordStore:
         METRICS.inc("hyperion_requests_total", state=entry.to.value)
         line = {"id": record_id, **entry.model_dump(mode="json", by_alias=True)}
         append_line(self.audit_path, json.dumps(line, sort_keys=True).encode())
+
+
+def _moved(record: Record, to: State, by: str, reason: str, at: str,
+           timings: dict[str, float] | None, updates: dict[str, Any]
+           ) -> tuple[Record, HistoryEntry]:
+    """``record`` after a transition to ``to``, and the history entry that says so."""
+    entry = HistoryEntry(at=at, from_=record.state, to=to, by=by, reason=reason,
+                         timings=timings or None)
+    if timings:
+        updates = {**updates, "timings": timings}
+    return record.model_copy(update={**updates, "state": to, "updated_at": at,
+                                     "history": [*record.history, entry]}), entry
 
 
 def _dump(record: Record) -> bytes:

@@ -240,9 +240,11 @@ class Worker:
                 "its original is kept with the record"))
             return None
         died = " (the previous attempt's process died)" if crashed else ""
-        record = records.transition(record.id, State.RUNNING, by=self.name,
-                                    reason=f"attempt {lease.attempts + 1}{died}",
-                                    attempts=lease.attempts + 1, crashes=crashes, error=None)
+        # Written behind: run_checks() waits for it before any check runs.
+        record = records.transition_behind(record.id, State.RUNNING, by=self.name,
+                                           reason=f"attempt {lease.attempts + 1}{died}",
+                                           attempts=lease.attempts + 1, crashes=crashes,
+                                           error=None)
         return request, record
 
     def _batch_limit(self, request: ChangeRequest, record: Record) -> int:
@@ -478,6 +480,9 @@ class Worker:
                    ) -> tuple[list[CheckResult], Failed | Retry | None]:
         """Run the named checks in order until one fails; their output goes to
         ``record_id``'s artifacts. Returns the results and why they failed (None: green)."""
+        # A check that kills hyperion must find its request marked running, so that the
+        # attempt counts as a crash (records.py: the mark may be written behind).
+        self.app.records.flush()
         results: list[CheckResult] = []
         for name in names:
             check = self.app.config.checks.get(name)
