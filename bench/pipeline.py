@@ -60,7 +60,7 @@ from typing import Any  # noqa: E402
 
 from hyperion import gitops  # noqa: E402
 from hyperion.gitops import GitRepo  # noqa: E402
-from hyperion.pool import WorktreePool, settle_resets  # noqa: E402
+from hyperion.pool import WorktreePool  # noqa: E402
 from hyperion.records import TERMINAL, Record, RecordStore, State  # noqa: E402
 
 IDENTITY = {"GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
@@ -546,8 +546,8 @@ class DaemonProcess:
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hyperion", "--config", str(self.inst.config), "run",
-                 "--workers", str(self.workers)], cwd=self.inst.folder, env=env, stdin=subprocess.DEVNULL,
-                stdout=log_file, stderr=subprocess.STDOUT)
+                 "--workers", str(self.workers)], cwd=self.inst.folder, env=env,
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
         self.sock.settimeout(0.1)
         while True:
             self._alive("before it was ready")
@@ -804,12 +804,7 @@ def sweep_size(root: Path, git: PlainGit, files: int, reps: int,
     reuse: list[float] = []
     with count_git() as calls:
         for commit in commits[1:]:
-            # The reset after the previous use runs in the background (beside the land, in
-            # the worker): not timed, as the next request does not wait for it then; its git
-            # calls are counted.
-            settle_resets()
             reuse.append(timed(lambda c=commit: checkout(c)))  # type: ignore[misc]
-        settle_resets()
     slot = root / f"pool-{files}" / "demo" / "w0"
     # A slot a check left dirty: an untracked file and a modified one.
     dirty: list[float] = []
@@ -817,7 +812,6 @@ def sweep_size(root: Path, git: PlainGit, files: int, reps: int,
         (slot / f"junk-{k}.txt").write_text("left by a check\n")
         (slot / file_path(1)).write_text("modified by a check\n")
         dirty.append(timed(lambda c=commit: checkout(c)))  # type: ignore[misc]
-        settle_resets()
     result["hyperion_pool"] = {
         "first_checkout": summary([first, *firsts]),
         "reuse": summary(reuse),

@@ -1,6 +1,5 @@
-"""The worktree pool's hand-over: a slot given back is reset in the background while this
-process keeps it locked, and the next checkout uses that reset only when it is recent and at
-the wanted commit."""
+"""The worktree pool's hand-over: a slot given back stays locked by this process, as its check
+left it, and its next checkout resets it (or hands it out unproven: tests/test_slot_proof.py)."""
 
 from __future__ import annotations
 
@@ -47,41 +46,24 @@ def _locked_elsewhere(lock: Path) -> bool:
     return subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 1
 
 
-def test_a_slot_given_back_is_reset_at_once_and_reused_without_another_reset(
+def test_a_slot_given_back_stays_locked_as_it_is_and_is_reset_at_its_next_checkout(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo, head, pool = _setup(tmp_path)
     with pool.checkout("demo", repo, head) as slot:
         (slot / "junk.txt").write_text("left by a check\n")
         (slot / "build").mkdir()
     calls = _git_calls(monkeypatch)
-    # Given back, still locked: no other process can take it between its reset and its use.
+    # Given back, still locked: no other process can take it before its next use here.
     assert _locked_elsewhere(tmp_path / "worktrees" / "demo" / "w0.lock")
+    assert (slot / "junk.txt").exists() and calls == []       # nothing runs meanwhile
     with pool.checkout("demo", repo, head) as again:
         assert again == slot
         assert not (slot / "junk.txt").exists() and not (slot / "build").exists()
-        # The background reset's clean + status; nothing more at checkout.
         assert calls == ["clean", "status"]
         calls.clear()
     with pool.checkout("demo", repo, head):
         pass
     assert calls == ["clean", "status"]
-
-
-def test_a_reset_that_is_no_longer_fresh_is_done_again(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    repo, head, pool = _setup(tmp_path)
-    monkeypatch.setattr(pool_module, "FRESH_S", 0.0)
-    with pool.checkout("demo", repo, head) as slot:
-        pass
-    calls = _git_calls(monkeypatch)
-    # Written after the background reset ran, as a person or a stray process could.
-    with pool.checkout("demo", repo, head):
-        pass
-    calls.clear()
-    (slot / "stray.txt").write_text("x")
-    with pool.checkout("demo", repo, head):
-        assert not (slot / "stray.txt").exists()
-        assert calls[-2:] == ["clean", "status"] and len(calls) >= 4
 
 
 def test_a_slot_given_back_at_another_commit_is_checked_out(tmp_path: Path) -> None:
@@ -112,7 +94,7 @@ def test_a_slot_whose_head_a_check_attached_to_a_branch_is_reset_fully(tmp_path:
 
 def test_beyond_the_limit_the_oldest_slot_given_back_is_unlocked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool_module, "MAX_RESET_SLOTS", 1)
+    monkeypatch.setattr(pool_module, "MAX_HELD_SLOTS", 1)
     repo, head, pool = _setup(tmp_path)
     with pool.checkout("one", repo, head):
         pass
@@ -124,7 +106,7 @@ def test_beyond_the_limit_the_oldest_slot_given_back_is_unlocked(
         pass
 
 
-def test_a_slot_whose_use_failed_is_unlocked_without_a_background_reset(
+def test_a_slot_whose_use_failed_is_unlocked_as_it_is(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo, head, pool = _setup(tmp_path)
     calls = _git_calls(monkeypatch)

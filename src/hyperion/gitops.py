@@ -63,6 +63,14 @@ def git(args: Sequence[str], *, cwd: Path, input: bytes | None = None,
     return proc
 
 
+def _start(args: Sequence[str], *, cwd: Path) -> subprocess.Popen[bytes]:
+    """git started and left running (its output piped), for a caller that does something
+    else meanwhile."""
+    return subprocess.Popen(["git", *SAFE_CONFIG, *args], cwd=cwd, env=_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+
+
 def _out(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> str:
     return git(args, cwd=cwd, env=env).stdout.decode().strip()
 
@@ -148,6 +156,27 @@ def _index_mark(worktree: Path) -> tuple[int, int, int, int, bytes] | None:
     except OSError:
         return None
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, tail
+
+
+def _index_as_committed(worktree: Path, commit: str) -> bool:
+    """The worktree's index is the very file this process wrote ``commit`` from, and of
+    version 2 (which cannot mark a file skip-worktree or assume-unchanged)."""
+    mark = _COMMITTED_INDEX.get(worktree)
+    return (mark is not None and mark[0] == commit and mark[1] == _index_mark(worktree)
+            and _index_version(worktree) == 2)
+
+
+def _index_version(worktree: Path) -> int | None:
+    """The version in the worktree's index header; None when it cannot be read."""
+    admin = _admin_dir(worktree)
+    if admin is None:
+        return None
+    try:
+        with open(admin / "index", "rb") as index:
+            header = index.read(8)
+    except OSError:
+        return None
+    return int.from_bytes(header[4:], "big") if header[:4] == b"DIRC" else None
 
 
 def detached_head(worktree: Path, admin: Path | None = None) -> str | None:
@@ -352,16 +381,23 @@ class GitRepo:
     @staticmethod
     def _untouched_since_commit(path: Path, commit: str) -> bool:
         """Whether the worktree is exactly ``commit`` as this process committed it there:
-        the index is the very file the commit was written from (so nothing is staged), and
-        git lists no untracked or ignored file or folder (empty ones included) and no tracked
-        file modified or deleted. One read-only ls-files instead of clean + status, for a
-        check that left nothing behind."""
-        mark = _COMMITTED_INDEX.get(path)
-        if mark is None or mark[0] != commit or mark[1] != _index_mark(path):
+        its index as committed (:meth:`index_as_committed`), and git lists no untracked or
+        ignored file or folder (empty ones included) and no tracked file modified or
+        deleted. One read-only ls-files instead of clean + status, for a check that left
+        nothing behind."""
+        if not _index_as_committed(path, commit):
             return False
         proc = git(["ls-files", "-z", "--others", "--directory", "--modified", "--deleted"],
                    cwd=path, check=False)
         return proc.returncode == 0 and proc.stdout == b""
+
+    def index_as_committed(self, path: Path, commit: str) -> bool:
+        """Whether the slot ``path`` is still this repository's worktree, with HEAD at
+        ``commit`` and the very index file this process committed ``commit`` from (so
+        nothing is staged and no file is marked skip-worktree), all read without git. What
+        the worktree's files hold is left to prove (:meth:`commit_proving_clean`)."""
+        return (self.worktree_link_problem(path) is None and detached_head(path) == commit
+                and _index_as_committed(path, commit))
 
     @staticmethod
     def _left_over(path: Path, commit: str) -> str | None:
@@ -389,13 +425,7 @@ class GitRepo:
         Call after worktree_link_problem() found the ``.git`` file sound. skip-worktree needs
         an index of version 3 or 4; git writes version 2 unless configured or asked to, so
         only another version costs a listing of the index."""
-        admin = Path((path / ".git").read_text()[len("gitdir: "):].strip())
-        try:
-            with open(admin / "index", "rb") as index:
-                header = index.read(8)
-        except OSError:
-            header = b""
-        if header == b"DIRC\0\0\0\2":
+        if _index_version(path) == 2:
             return None
         proc = git(["ls-files", "-v", "-z"], cwd=path, check=False)
         if proc.returncode != 0:
@@ -445,6 +475,27 @@ class GitRepo:
                author_date: str | None = None) -> str:
         """Commit the worktree's index on ``parent`` (its HEAD); HEAD moves there."""
         tree = _out(["write-tree"], cwd=worktree)
+        return self._commit_written(worktree, tree, parent, message, author, author_date)
+
+    def commit_proving_clean(self, worktree: Path, parent: str, message: str,
+                             author: tuple[str, str],
+                             author_date: str | None = None) -> str | None:
+        """:meth:`commit`, for a slot whose last check may have left something behind
+        (pool.py): while git writes the tree, ls-files proves the worktree holds the index
+        and nothing else (no untracked, ignored, modified or deleted file, no empty folder).
+        None when it does not: nothing is committed, and the slot must be reset."""
+        leftovers = _start(["ls-files", "-z", "--others", "--directory", "--modified",
+                            "--deleted"], cwd=worktree)
+        try:
+            tree = _out(["write-tree"], cwd=worktree)
+        finally:
+            listed, _ = leftovers.communicate()
+        if leftovers.returncode != 0 or listed:
+            return None
+        return self._commit_written(worktree, tree, parent, message, author, author_date)
+
+    def _commit_written(self, worktree: Path, tree: str, parent: str, message: str,
+                        author: tuple[str, str], author_date: str | None) -> str:
         mark = _index_mark(worktree)
         sha = self.commit_tree(tree, parent, message, author, author_date)
         if not _move_detached_head(worktree, parent, sha):

@@ -15,14 +15,16 @@ skip-worktree, which checkout and status would both pass over). A slot that fail
 is removed and added afresh, so a check that wrecked its worktree costs one full checkout, not
 a wrong result.
 
-The reset runs when a slot is given back, not when it is next taken: the process keeps the
-slot's lock and resets it to its own HEAD (the commit just made) in a background thread while
-the worker lands, records and leases the next request. The next checkout of the repository
-takes that slot, waits for its reset, and uses it as is when the reset found it clean at the
-wanted commit less than ``FRESH_S`` ago; otherwise it resets it again, as above. The lock is
-held from the reset to the next use, so no other hyperion touched the slot in between. A slot
-whose use failed is unlocked as it is: the next request wants another commit, and resets it
-when it takes it.
+A slot given back stays locked by this process (no other hyperion can touch it before its next
+use here) and is left as its check left it. The next checkout of that repository takes it.
+When it is at the wanted commit with the very index this process committed there (the usual
+case: the request before landed it there), the slot is handed out *unproven*
+(:meth:`WorktreePool.checkout_unproven`): the caller applies its patch, and the guard runs
+beside the ``write-tree`` of its commit (gitops.GitRepo.commit_proving_clean), so the check
+it ran before costs no wait. Whatever that check left makes the apply fail or the guard find
+it; either way the slot is reset as above and the patch applied again (:meth:`Slot.prove`),
+so nothing a check leaves reaches the next commit or the next check. Any other checkout is
+reset first, as above. A slot whose use failed is unlocked as it is.
 """
 
 from __future__ import annotations
@@ -34,10 +36,9 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hyperion import worktrees
@@ -49,12 +50,9 @@ log = logging.getLogger("hyperion.pool")
 #: the disk.
 MAX_SLOTS = 64
 _SLOT = re.compile(r"^w(\d+)$")
-#: A background reset older than this is done again at checkout: the guard should speak of
-#: the slot as the next check finds it, and a person or a stray process may have been in it.
-FRESH_S = 2.0
-#: Slots this process keeps locked after their reset, over all repositories; beyond that the
+#: Slots given back that this process keeps locked, over all repositories; beyond that the
 #: oldest is unlocked (it costs its next user one reset, nothing else).
-MAX_RESET_SLOTS = 16
+MAX_HELD_SLOTS = 16
 
 
 class PoolExhausted(RuntimeError):
@@ -72,18 +70,34 @@ class WorktreePool:
     @contextmanager
     def checkout(self, repo_name: str, repo: GitRepo, commit: str) -> Iterator[Path]:
         """A worktree of ``repo`` at ``commit`` (detached), clean, for this caller alone."""
+        with self.checkout_unproven(repo_name, repo, commit) as slot:
+            if not slot.trusted:
+                slot.prove()
+            yield slot.path
+
+    @contextmanager
+    def checkout_unproven(self, repo_name: str, repo: GitRepo, commit: str) -> Iterator[Slot]:
+        """A worktree of ``repo`` at ``commit`` for this caller alone: proven clean
+        (``trusted``), or the slot the request before used there, left as its check left it
+        (see the module's docstring)."""
         directory = self.root / repo_name
         directory.mkdir(parents=True, exist_ok=True)
-        held = _RESETS.take(directory)
+        held = _HELD.take(directory)
         fd, path = (held.fd, held.path) if held is not None else _free_slot(directory)
+        slot = Slot(path, commit, trusted=False, _pool=self, _repo_name=repo_name, _repo=repo)
         try:
-            if held is None or not held.clean_at(commit):
-                self._prepare(repo_name, repo, path, commit)
+            if held is None or held.commit != commit or \
+                    not repo.index_as_committed(path, commit):
+                slot.prove()
         except BaseException:
             os.close(fd)
             raise
-        with _giving_back(fd, repo, path):
-            yield path
+        try:
+            yield slot
+        except BaseException:
+            os.close(fd)
+            raise
+        _HELD.give_back(fd, path)
 
     def prune(self, repos: dict[str, GitRepo]) -> int:
         """Start-up: remove slots nobody holds that cannot be trusted any more, and folders
@@ -143,60 +157,56 @@ class WorktreePool:
 
 
 @dataclass
+class Slot:
+    """A checked-out slot. ``trusted``: proven to hold ``commit`` and nothing else; if not,
+    it holds ``commit`` with this process's own index, and whatever the check before left
+    in its files."""
+
+    path: Path
+    commit: str
+    trusted: bool
+    _pool: WorktreePool = field(repr=False)
+    _repo_name: str = field(repr=False)
+    _repo: GitRepo = field(repr=False)
+
+    def prove(self) -> None:
+        """Reset the slot to ``commit`` and prove it clean, whatever was done in it since
+        (an apply, a commit: they are undone); re-added when it cannot be trusted."""
+        self._pool._prepare(self._repo_name, self._repo, self.path, self.commit)
+        self.trusted = True
+
+
+@dataclass
 class _HeldSlot:
-    """A slot this process gave back and keeps locked while it is reset in the background."""
+    """A slot this process gave back and keeps locked until its next use."""
 
     fd: int
     path: Path
     commit: str
     given_at: float
-    #: The reset's outcome: why the slot cannot be trusted (None: clean) and when it ended.
-    reset: Future[tuple[str | None, float]]
-
-    def clean_at(self, commit: str) -> bool:
-        """Whether the reset left it clean at ``commit`` recently enough to use as is."""
-        try:
-            problem, finished_at = self.reset.result()
-        except Exception:                   # any failure: reset it again
-            return False
-        return (problem is None and self.commit == commit
-                and time.monotonic() - finished_at <= FRESH_S)
 
 
-class _ResetSlots:
-    """The slots this process gave back, reset or being reset, still locked: a list per
-    repository's folder (``worktrees/<repo>``), oldest first."""
+class _HeldSlots:
+    """The slots this process gave back, still locked: a list per repository's folder
+    (``worktrees/<repo>``), oldest first."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: dict[Path, list[_HeldSlot]] = {}
-        self._executor: ThreadPoolExecutor | None = None
 
-    def give_back(self, fd: int, repo: GitRepo, path: Path) -> None:
-        """Reset the slot in the background, keeping its lock; closes ``fd`` in the end."""
+    def give_back(self, fd: int, path: Path) -> None:
+        """Keep the slot locked for the next checkout; closes ``fd`` in the end."""
         commit = detached_head(path)
         if commit is None:
             # A check moved HEAD where only git can tell: the next checkout resets it fully.
             os.close(fd)
             return
-
-        def reset() -> tuple[str | None, float]:
-            return repo.worktree_reset(path, commit), time.monotonic()
-
         with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=2,
-                                                    thread_name_prefix="pool-reset")
-            try:
-                future = self._executor.submit(reset)
-            except RuntimeError:             # the interpreter is shutting down
-                os.close(fd)
-                return
             self._held.setdefault(path.parent, []).append(
-                _HeldSlot(fd, path, commit, time.monotonic(), future))
+                _HeldSlot(fd, path, commit, time.monotonic()))
             evicted = self._over_limit()
         for old in evicted:
-            old.reset.add_done_callback(_closer(old.fd))
+            os.close(old.fd)
 
     def take(self, directory: Path) -> _HeldSlot | None:
         """The newest slot given back in ``directory`` (the likeliest to be at the wanted
@@ -210,16 +220,9 @@ class _ResetSlots:
                 del self._held[directory]
             return held
 
-    def settle(self) -> None:
-        """Wait until every reset running now has finished."""
-        with self._lock:
-            running = [held.reset for waiting in self._held.values() for held in waiting]
-        for future in running:
-            future.exception()
-
     def _over_limit(self) -> list[_HeldSlot]:
         evicted: list[_HeldSlot] = []
-        while sum(len(v) for v in self._held.values()) > MAX_RESET_SLOTS:
+        while sum(len(v) for v in self._held.values()) > MAX_HELD_SLOTS:
             oldest = min(self._held, key=lambda key: self._held[key][0].given_at)
             evicted.append(self._held[oldest].pop(0))
             if not self._held[oldest]:
@@ -227,29 +230,7 @@ class _ResetSlots:
         return evicted
 
 
-def _closer(fd: int) -> Callable[[object], None]:
-    return lambda _: os.close(fd)
-
-
-_RESETS = _ResetSlots()
-
-
-def settle_resets() -> None:
-    """Wait for this process's background resets of given-back slots (benchmarks, tests)."""
-    _RESETS.settle()
-
-
-@contextmanager
-def _giving_back(fd: int, repo: GitRepo, path: Path) -> Iterator[None]:
-    """The caller's use of a locked slot; afterwards it is reset in the background. Not
-    when the use failed (an apply conflict, a red check): the next request then wants
-    another commit than the slot's, so that reset would be thrown away; it is unlocked."""
-    try:
-        yield
-    except BaseException:
-        os.close(fd)
-        raise
-    _RESETS.give_back(fd, repo, path)
+_HELD = _HeldSlots()
 
 
 def _free_slot(directory: Path) -> tuple[int, Path]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from hyperion import landing, worktrees
 from hyperion.app import App
-from hyperion.apply import ApplyConflict, apply_patch, render_report
+from hyperion.apply import Applied, ApplyConflict, apply_patch, render_report
 from hyperion.batch import run_batch
 from hyperion.errors import Code, ErrorInfo
 from hyperion.fsutil import pid_alive
@@ -35,7 +35,7 @@ from hyperion.intake.dependencies import settle_dependents
 from hyperion.intake.git_requests import landing_identity
 from hyperion.land_stage import LandStage, Place
 from hyperion.outcome import Failed, Landing, Result, Retry, Timings
-from hyperion.pool import WorktreePool
+from hyperion.pool import Slot, WorktreePool
 from hyperion.records import CheckResult, Record, State
 from hyperion.requests import ChangeRequest
 from hyperion.rollback import settle_rollback
@@ -399,30 +399,22 @@ class Worker:
                     raise Failed(Code.APPLY_CONFLICT, f"the base {request.base!r} is not a "
                                  "commit in the repository", path="base")
                 assert request.patch is not None
-                # Before the slot is taken: its reset may still be running (pool.py).
                 if (refused := tree_refusal(self.app, record, repo, tip, request.patch)):
                     raise Failed(refused.code, refused.message, refused.path)
-                message, author, author_date = landing_identity(repo, record, request)
+                identity = landing_identity(repo, record, request)
                 pool = WorktreePool(self.app.worktrees_dir(), self.app.locks_dir())
-                worktree = stack.enter_context(pool.checkout(record.repo, repo, tip))
+                slot = stack.enter_context(pool.checkout_unproven(record.repo, repo, tip))
+                worktree = slot.path
             with timings.step("apply"):
-                try:
-                    applied = apply_patch(
-                        repo, worktree, request.patch, tip=tip, base_commit=base_commit,
-                        want_own_tree=any(c.sha256 for c in request.changes))
-                except ApplyConflict as exc:
-                    self._save_artifact(record.id, "conflict-report.json", render_report(
-                        record.id, target, request.base, exc.report))
-                    raise Failed(Code.APPLY_CONFLICT, exc.message) from None
-                self._check_hashes(request, worktree, repo, applied.own_tree)
-                commit = repo.commit(worktree, tip, message, author, author_date)
+                applied, commit = self._apply_and_commit(request, record, repo, slot, tip,
+                                                         base_commit, identity)
                 if behind is not None and place is not None:
                     # The next request for this target may now be applied on top of it.
                     behind.made(place, commit, tip)
             applied_fields: dict[str, object] = {"applied_onto": tip, "base_commit": base_commit,
                                                  "apply_method": applied.method}
             results = self._run_checks(request, record, worktree, timings, applied_fields)
-        # The slot is given back (and reset) before this: the one durable write before the
+        # The slot is given back before this: the one durable write before the
         # land, since the exactly-once search after a crash starts at applied_onto.
         fields = {"checks": results, **applied_fields}
         if place is not None:
@@ -433,6 +425,44 @@ class Worker:
         with timings.step("land"):
             lander.land(record, target, commit, tip)
         return Result(State.LANDED, commit, lander.landed_ref(record))
+
+    def _apply_and_commit(self, request: ChangeRequest, record: Record, repo: GitRepo,
+                          slot: Slot, tip: str, base_commit: str,
+                          identity: tuple[str, tuple[str, str], str | None]
+                          ) -> tuple[Applied, str]:
+        """The patch applied in ``slot`` (at ``tip``) and committed. A slot not yet proven
+        clean (pool.py) is proven while the commit is written; when what its last check left
+        is in the way (the apply or the hash check fails, or the proof finds it), the slot is
+        reset and all done once more, so only a proven slot's failure counts."""
+        assert request.patch is not None
+        message, author, author_date = identity
+        while True:
+            try:
+                applied = apply_patch(
+                    repo, slot.path, request.patch, tip=tip, base_commit=base_commit,
+                    want_own_tree=any(c.sha256 for c in request.changes))
+                self._check_hashes(request, slot.path, repo, applied.own_tree)
+            except ApplyConflict as exc:
+                if not slot.trusted:
+                    slot.prove()
+                    continue
+                self._save_artifact(record.id, "conflict-report.json", render_report(
+                    record.id, record.target or "", request.base, exc.report))
+                raise Failed(Code.APPLY_CONFLICT, exc.message) from None
+            except Failed:
+                if not slot.trusted:
+                    slot.prove()
+                    continue
+                raise
+            if slot.trusted:
+                return applied, repo.commit(slot.path, tip, message, author, author_date)
+            commit = repo.commit_proving_clean(slot.path, tip, message, author, author_date)
+            if commit is not None:
+                slot.trusted = True
+                return applied, commit
+            log.info("%s: the worktree held what a check left there; reset and applied "
+                     "again", record.id, extra={"request_id": record.id})
+            slot.prove()
 
     @staticmethod
     def _check_hashes(request: ChangeRequest, worktree: Path, repo: GitRepo,

@@ -1,0 +1,211 @@
+"""A slot handed out unproven (pool.py): the request before left it at the wanted commit, and
+whatever its check left there is found by the apply or by the proof that runs beside the
+commit's write-tree; then the slot is reset and the patch applied again. Nothing a check
+leaves reaches the next commit or the next check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Setup, git, make_repo
+
+import hyperion.gitops as gitops
+from hyperion.gitops import GitRepo
+from hyperion.pool import WorktreePool
+
+FILES = {"a.txt": "alpha\n", "b.txt": "beta\n", "c.txt": "gamma\n"}
+AUTHOR = ("Agent", "agent@example.invalid")
+
+
+def _edit(path: str, old: str, new: str) -> str:
+    return (f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@\n"
+            f"-{old}+{new}")
+
+
+def _held_slot(tmp_path: Path) -> tuple[GitRepo, WorktreePool, str, Path]:
+    """A pool slot in which a request was applied and committed, given back."""
+    repo = GitRepo(make_repo(tmp_path / "r", FILES))
+    head = git(repo.git_dir, "rev-parse", "HEAD").strip()
+    (tmp_path / "locks").mkdir()
+    pool = WorktreePool(tmp_path / "worktrees", tmp_path / "locks")
+    with pool.checkout("demo", repo, head) as path:
+        assert GitRepo.try_apply(path, _edit("a.txt", "alpha\n", "ALPHA\n")) is None
+        commit = repo.commit(path, head, "first\n", AUTHOR)
+    return repo, pool, commit, path
+
+
+def _git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real_git, real_start = gitops.git, gitops._start
+
+    def counting(args: list[str], **kwargs: object) -> object:
+        calls.append(args[0])
+        return real_git(args, **kwargs)  # type: ignore[arg-type]
+
+    def counting_start(args: list[str], **kwargs: object) -> object:
+        calls.append(args[0])
+        return real_start(args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gitops, "git", counting)
+    monkeypatch.setattr(gitops, "_start", counting_start)
+    return calls
+
+
+def test_the_slot_at_its_commit_is_handed_out_unproven_and_proven_beside_the_write_tree(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, pool, commit, path = _held_slot(tmp_path)
+    calls = _git_calls(monkeypatch)
+    with pool.checkout_unproven("demo", repo, commit) as slot:
+        assert slot.path == path and not slot.trusted
+        assert calls == []                        # nothing run to hand it out
+        assert GitRepo.try_apply(path, _edit("b.txt", "beta\n", "BETA\n")) is None
+        second = repo.commit_proving_clean(path, commit, "second\n", AUTHOR)
+        assert second is not None
+        assert calls == ["apply", "ls-files", "write-tree"]
+    assert git(path, "rev-parse", "HEAD").strip() == second
+    assert git(repo.git_dir, "show", f"{second}:b.txt") == "BETA\n"
+    assert git(path, "status", "--porcelain", "--ignored") == ""
+
+
+@pytest.mark.parametrize("leftover", ["untracked", "empty-folder", "ignored", "modified",
+                                      "deleted", "attributes"])
+def test_whatever_a_check_left_stops_the_commit_and_the_slot_is_reset(
+        tmp_path: Path, leftover: str) -> None:
+    repo, pool, commit, path = _held_slot(tmp_path)
+    if leftover == "untracked":
+        (path / "new.txt").write_text("x")
+    elif leftover == "empty-folder":
+        (path / "out" / "deeper").mkdir(parents=True)
+    elif leftover == "ignored":
+        (tmp_path / "ignore").write_text("*.o\n")
+        git(path, "config", "core.excludesFile", str(tmp_path / "ignore"))
+        (path / "x.o").write_text("object")
+    elif leftover == "modified":
+        (path / "c.txt").write_text("GAMMA\n")          # same size, same second as the index
+    elif leftover == "deleted":
+        (path / "c.txt").unlink()
+    elif leftover == "attributes":
+        (path / ".gitattributes").write_text("* text\n")   # would change what is committed
+    with pool.checkout_unproven("demo", repo, commit) as slot:
+        assert not slot.trusted
+        assert GitRepo.try_apply(path, _edit("b.txt", "beta\n", "BETA\n")) is None
+        assert repo.commit_proving_clean(path, commit, "second\n", AUTHOR) is None
+        assert git(path, "rev-parse", "HEAD").strip() == commit      # nothing committed
+        slot.prove()
+        assert slot.trusted
+        assert git(path, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+        assert (path / "c.txt").read_text() == "gamma\n" and (path / "b.txt").read_text() == \
+            "beta\n"
+
+
+@pytest.mark.parametrize("leftover", ["staged", "touched-index", "head-moved", "link"])
+def test_a_slot_whose_index_or_head_a_check_changed_is_proven_before_it_is_handed_out(
+        tmp_path: Path, leftover: str) -> None:
+    repo, pool, commit, path = _held_slot(tmp_path)
+    if leftover == "staged":
+        (path / "s.txt").write_text("staged\n")
+        git(path, "add", "s.txt")
+    elif leftover == "touched-index":
+        git(path, "update-index", "--refresh")
+    elif leftover == "head-moved":
+        git(path, "checkout", "-q", "--detach", "HEAD~1")
+        git(path, "checkout", "-q", "--detach", commit)          # back, through git
+        (path / "c.txt").write_text("GAMMA\n")
+    elif leftover == "link":
+        (path / ".git").write_text(f"gitdir: {tmp_path / 'elsewhere'}\n")
+    with pool.checkout_unproven("demo", repo, commit) as slot:
+        assert slot.trusted
+        assert git(path, "rev-parse", "HEAD").strip() == commit
+        assert git(path, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+
+
+@pytest.mark.parametrize("leftover", ["modified", "added"])
+def test_a_leftover_in_a_file_the_patch_touches_makes_the_apply_fail_untouched(
+        tmp_path: Path, leftover: str) -> None:
+    """git apply --index compares the files it touches with the index: what a check left in
+    them is refused, not taken into the commit."""
+    repo, pool, commit, path = _held_slot(tmp_path)
+    if leftover == "modified":
+        (path / "b.txt").write_text("beta, as a check left it\n")
+        patch = _edit("b.txt", "beta\n", "BETA\n")
+    elif leftover == "added":
+        (path / "d.txt").write_text("a check's file\n")
+        patch = "diff --git a/d.txt b/d.txt\nnew file mode 100644\n--- /dev/null\n" \
+                "+++ b/d.txt\n@@ -0,0 +1 @@\n+delta\n"
+    with pool.checkout_unproven("demo", repo, commit) as slot:
+        assert not slot.trusted
+        assert GitRepo.try_apply(path, patch) is not None
+        slot.prove()
+        assert GitRepo.try_apply(path, patch) is None
+        assert repo.commit(path, commit, "second\n", AUTHOR)
+
+
+def test_a_file_a_check_deleted_and_the_patch_deletes_is_committed_deleted(
+        tmp_path: Path) -> None:
+    """The one leftover git apply takes as it is: the file the patch deletes is already
+    gone. The commit is what the patch asks, proven clean."""
+    repo, pool, commit, path = _held_slot(tmp_path)
+    (path / "b.txt").unlink()
+    patch = "diff --git a/b.txt b/b.txt\ndeleted file mode 100644\n--- a/b.txt\n" \
+            "+++ /dev/null\n@@ -1 +0,0 @@\n-beta\n"
+    with pool.checkout_unproven("demo", repo, commit):
+        assert GitRepo.try_apply(path, patch) is None
+        second = repo.commit_proving_clean(path, commit, "second\n", AUTHOR)
+    assert second is not None
+    assert git(repo.git_dir, "ls-tree", "--name-only", second).split() == ["a.txt", "c.txt"]
+
+
+def test_a_checks_leftovers_never_reach_the_next_commit_or_check(setup: Setup) -> None:
+    """End to end: the first request's check leaves an attributes file (which would turn the
+    next request's CRLF file into LF in its commit), junk and a changed file; the second
+    request lands exactly its patch, and its check finds nothing of that."""
+    check = setup.root / "messy_check.py"
+    marker = setup.root / "first-check-ran"
+    check.write_text(
+        "import pathlib, subprocess, sys\n"
+        f"marker = pathlib.Path({str(marker)!r})\n"
+        "if not marker.exists():\n"
+        "    marker.write_text('x')\n"
+        "    pathlib.Path('.gitattributes').write_text('* text\\n')\n"
+        "    pathlib.Path('junk.txt').write_text('junk\\n')\n"
+        "    pathlib.Path('build/out').mkdir(parents=True)\n"
+        "    pathlib.Path('docs/readme.txt').write_text('scribbled\\n')\n"
+        "    sys.exit(0)\n"
+        "status = subprocess.run(['git', 'status', '--porcelain', '--ignored',\n"
+        "                         '--untracked-files=all'], capture_output=True, text=True)\n"
+        "sys.exit(1 if status.stdout.strip() else 0)\n")
+    text = setup.config.read_text().replace('"check.py"', json.dumps(str(check)))
+    setup.config.write_text(text.replace("workers: 2", "workers: 1"))
+    first = setup.root / "first.json"
+    first.write_text(json.dumps(setup.request("tidy-1", {"app.py": "VALUE = 2\n"})))
+    assert setup.cli("submit", str(first)).returncode == 0
+    # Written out here: the git helper's text mode would turn the CRLF into LF.
+    crlf = b"one\r\ntwo\r\n"
+    second = setup.request("tidy-2", {})
+    second["patch"] = ("diff --git a/crlf.txt b/crlf.txt\nnew file mode 100644\n"
+                       "--- /dev/null\n+++ b/crlf.txt\n@@ -0,0 +1,2 @@\n+one\r\n+two\r\n")
+    second["changes"] = [{"path": "crlf.txt", "operation": "add",
+                          "sha256": hashlib.sha256(crlf).hexdigest()}]
+    (setup.root / "second.json").write_text(json.dumps(second))
+    assert setup.cli("submit", str(setup.root / "second.json")).returncode == 0
+    # One process, one worker: the second request gets the slot the first one's check left.
+    out = subprocess.run([sys.executable, "-m", "hyperion", "--config", str(setup.config),
+                          "run", "--once"], capture_output=True, text=True, cwd=setup.root,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "reset and applied again" in out.stderr
+    assert setup.record("tidy-1")["state"] == "landed"
+    record = setup.record("tidy-2")
+    assert record["state"] == "landed", (record["error"], record["history"])
+    blob = subprocess.run(["git", "-C", str(setup.repo), "cat-file", "blob",
+                           f"{record['landed_commit']}:crlf.txt"], capture_output=True,
+                          check=True).stdout
+    assert blob == crlf
+    tree = git(setup.repo, "ls-tree", "-r", "--name-only", record["landed_commit"]).split()
+    assert ".gitattributes" not in tree and "junk.txt" not in tree
+    assert git(setup.repo, "show", f"{record['landed_commit']}:docs/readme.txt") == "hello\n"
