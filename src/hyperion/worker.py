@@ -17,7 +17,6 @@ import logging
 import os
 import random
 import shutil
-import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from hyperion.errors import Code, ErrorInfo
 from hyperion.fsutil import pid_alive
 from hyperion.gate.review import tree_refusal
 from hyperion.gitops import GitError, GitRepo
+from hyperion.heartbeat import LEASE_TTL_S, Heartbeat
 from hyperion.intake.dependencies import settle_dependents
 from hyperion.intake.git_requests import landing_identity
 from hyperion.land_stage import LandStage, Place
@@ -47,7 +47,6 @@ __all__ = ["Failed", "Retry", "Worker", "backoff", "prune_worktrees"]
 log = logging.getLogger("hyperion.worker")
 
 PROGRESS_MIN_S = 1.0
-LEASE_TTL_S = 60.0
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 300.0
 MAX_RACES = 50
@@ -58,42 +57,6 @@ def backoff(attempts: int) -> float:
     base: float = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2.0 ** min(attempts, 20))
     jittered: float = base * random.uniform(0.5, 1.0)
     return max(BACKOFF_MIN_S, jittered)
-
-
-@dataclass
-class Heartbeat:
-    """Keeps a lease alive from a side thread while long checks run."""
-
-    app: App
-    lease: Lease
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True,
-                                        name=f"heartbeat-{self.lease.id}")
-
-    def _beat(self) -> None:
-        while not self._stop.wait(LEASE_TTL_S / 3):
-            try:
-                self.lease = self.app.spool.heartbeat(self.lease, LEASE_TTL_S)
-            except LeaseLost:
-                log.error("lease of %s was lost while working on it", self.lease.id,
-                          extra={"request_id": self.lease.id})
-                return
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> Lease:
-        """Stop beating; returns the latest lease (to close it without a race)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        return self.lease
 
 
 def prune_worktrees(app: App) -> int:

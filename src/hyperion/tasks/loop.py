@@ -51,8 +51,9 @@ from hyperion.tasks.limits import reserve_start, take_slot
 from hyperion.worker import Failed, Retry
 
 if TYPE_CHECKING:
+    from hyperion.heartbeat import Heartbeat
     from hyperion.spool import Lease
-    from hyperion.worker import Heartbeat, Worker
+    from hyperion.worker import Worker
 
 log = logging.getLogger("hyperion.tasks")
 
