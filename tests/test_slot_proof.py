@@ -124,6 +124,19 @@ def test_a_slot_whose_index_or_head_a_check_changed_is_proven_before_it_is_hande
         assert git(path, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
 
 
+def test_a_folder_a_check_replaced_with_a_symlink_is_seen_before_anything_is_applied(
+        tmp_path: Path) -> None:
+    repo, pool, commit, path = _held_slot(tmp_path)
+    (path / "sub").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (path / "deep").symlink_to(outside)
+    with pool.checkout_unproven("demo", repo, commit) as slot:
+        assert slot.folders_are_real(["a.txt", "sub/x/y.txt", "absent/z.txt"])
+        assert not slot.folders_are_real(["a.txt", "deep/new.txt"])
+        assert not slot.folders_are_real(["a.txt/under-a-file.txt"])
+
+
 @pytest.mark.parametrize("leftover", ["modified", "added"])
 def test_a_leftover_in_a_file_the_patch_touches_makes_the_apply_fail_untouched(
         tmp_path: Path, leftover: str) -> None:
@@ -162,19 +175,25 @@ def test_a_file_a_check_deleted_and_the_patch_deletes_is_committed_deleted(
 
 def test_a_checks_leftovers_never_reach_the_next_commit_or_check(setup: Setup) -> None:
     """End to end: the first request's check leaves an attributes file (which would turn the
-    next request's CRLF file into LF in its commit), junk and a changed file; the second
-    request lands exactly its patch, and its check finds nothing of that."""
+    next request's CRLF file into LF in its commit), junk, a changed file and a symlink in
+    place of a folder (which git apply would write through); the second request lands
+    exactly its patch, nothing is written outside its worktree, and its check finds nothing
+    of that."""
     check = setup.root / "messy_check.py"
     marker = setup.root / "first-check-ran"
+    outside = setup.root / "outside"
+    outside.mkdir()
     check.write_text(
-        "import pathlib, subprocess, sys\n"
+        "import os, pathlib, shutil, subprocess, sys\n"
         f"marker = pathlib.Path({str(marker)!r})\n"
         "if not marker.exists():\n"
         "    marker.write_text('x')\n"
         "    pathlib.Path('.gitattributes').write_text('* text\\n')\n"
         "    pathlib.Path('junk.txt').write_text('junk\\n')\n"
         "    pathlib.Path('build/out').mkdir(parents=True)\n"
-        "    pathlib.Path('docs/readme.txt').write_text('scribbled\\n')\n"
+        "    pathlib.Path('app.py').write_text('scribbled\\n')\n"
+        "    shutil.rmtree('docs')\n"
+        f"    os.symlink({str(outside)!r}, 'docs')\n"
         "    sys.exit(0)\n"
         "status = subprocess.run(['git', 'status', '--porcelain', '--ignored',\n"
         "                         '--untracked-files=all'], capture_output=True, text=True)\n"
@@ -188,9 +207,13 @@ def test_a_checks_leftovers_never_reach_the_next_commit_or_check(setup: Setup) -
     crlf = b"one\r\ntwo\r\n"
     second = setup.request("tidy-2", {})
     second["patch"] = ("diff --git a/crlf.txt b/crlf.txt\nnew file mode 100644\n"
-                       "--- /dev/null\n+++ b/crlf.txt\n@@ -0,0 +1,2 @@\n+one\r\n+two\r\n")
+                       "--- /dev/null\n+++ b/crlf.txt\n@@ -0,0 +1,2 @@\n+one\r\n+two\r\n"
+                       "diff --git a/docs/new.txt b/docs/new.txt\nnew file mode 100644\n"
+                       "--- /dev/null\n+++ b/docs/new.txt\n@@ -0,0 +1 @@\n+new\n")
     second["changes"] = [{"path": "crlf.txt", "operation": "add",
-                          "sha256": hashlib.sha256(crlf).hexdigest()}]
+                          "sha256": hashlib.sha256(crlf).hexdigest()},
+                         {"path": "docs/new.txt", "operation": "add",
+                          "sha256": hashlib.sha256(b"new\n").hexdigest()}]
     (setup.root / "second.json").write_text(json.dumps(second))
     assert setup.cli("submit", str(setup.root / "second.json")).returncode == 0
     # One process, one worker: the second request gets the slot the first one's check left.
@@ -198,7 +221,7 @@ def test_a_checks_leftovers_never_reach_the_next_commit_or_check(setup: Setup) -
                           "run", "--once"], capture_output=True, text=True, cwd=setup.root,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "reset and applied again" in out.stderr
+    assert "what a check left there" in out.stderr
     assert setup.record("tidy-1")["state"] == "landed"
     record = setup.record("tidy-2")
     assert record["state"] == "landed", (record["error"], record["history"])
@@ -209,3 +232,7 @@ def test_a_checks_leftovers_never_reach_the_next_commit_or_check(setup: Setup) -
     tree = git(setup.repo, "ls-tree", "-r", "--name-only", record["landed_commit"]).split()
     assert ".gitattributes" not in tree and "junk.txt" not in tree
     assert git(setup.repo, "show", f"{record['landed_commit']}:docs/readme.txt") == "hello\n"
+    assert git(setup.repo, "show", f"{record['landed_commit']}:docs/new.txt") == "new\n"
+    assert git(setup.repo, "show", f"{record['landed_commit']}:app.py") == "VALUE = 2\n"
+    # The symlink the check left where docs/ was: nothing was written through it.
+    assert list(outside.iterdir()) == []

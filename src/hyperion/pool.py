@@ -23,7 +23,10 @@ case: the request before landed it there), the slot is handed out *unproven*
 beside the ``write-tree`` of its commit (gitops.GitRepo.commit_proving_clean), so the check
 it ran before costs no wait. Whatever that check left makes the apply fail or the guard find
 it; either way the slot is reset as above and the patch applied again (:meth:`Slot.prove`),
-so nothing a check leaves reaches the next commit or the next check. Any other checkout is
+so nothing a check leaves reaches the next commit or the next check. One thing must be ruled
+out before the apply: git apply writes and deletes through a symlink that stands where a
+folder was, outside the worktree, so a folder the patch writes in that is not a real folder
+(:meth:`Slot.folders_are_real`) has the slot reset first. Any other checkout is
 reset first, as above. A slot whose use failed is unlocked as it is.
 """
 
@@ -34,6 +37,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -168,6 +172,28 @@ class Slot:
     _pool: WorktreePool = field(repr=False)
     _repo_name: str = field(repr=False)
     _repo: GitRepo = field(repr=False)
+
+    def folders_are_real(self, paths: list[str]) -> bool:
+        """Whether every folder above ``paths`` is, in this worktree, a real folder or not
+        there: git apply writes and deletes through a symlink a check left in place of a
+        folder, outside the worktree, so an unproven slot must not be applied to then."""
+        seen: set[str] = set()
+        for path in paths:
+            parts = path.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                folder = "/".join(parts[:depth])
+                if folder in seen:
+                    continue
+                seen.add(folder)
+                try:
+                    mode = os.lstat(self.path / folder).st_mode
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    return False
+                if not stat.S_ISDIR(mode):
+                    return False
+        return True
 
     def prove(self) -> None:
         """Reset the slot to ``commit`` and prove it clean, whatever was done in it since

@@ -28,6 +28,7 @@ from hyperion.apply import Applied, ApplyConflict, apply_patch, render_report
 from hyperion.batch import run_batch
 from hyperion.errors import Code, ErrorInfo
 from hyperion.fsutil import pid_alive
+from hyperion.gate.patch import parse_patch
 from hyperion.gate.review import tree_refusal
 from hyperion.gitops import GitError, GitRepo
 from hyperion.heartbeat import LEASE_TTL_S, Heartbeat
@@ -396,9 +397,17 @@ class Worker:
         """The patch applied in ``slot`` (at ``tip``) and committed. A slot not yet proven
         clean (pool.py) is proven while the commit is written; when what its last check left
         is in the way (the apply or the hash check fails, or the proof finds it), the slot is
-        reset and all done once more, so only a proven slot's failure counts."""
+        reset and all done once more, so only a proven slot's failure counts. A slot where a
+        folder the patch writes in is not a real folder (a symlink a check left) is reset
+        before anything is applied."""
         assert request.patch is not None
         message, author, author_date = identity
+        if not slot.trusted and not slot.folders_are_real(
+                [p for f in parse_patch(request.patch) for p in (f.path, f.old_path) if p]):
+            log.info("%s: a folder the patch writes in is not a folder in the worktree (what "
+                     "a check left there); reset before applying", record.id,
+                     extra={"request_id": record.id})
+            slot.prove()
         while True:
             try:
                 applied = apply_patch(
