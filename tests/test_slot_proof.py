@@ -15,6 +15,7 @@ import pytest
 from conftest import Setup, git, make_repo
 
 import hyperion.gitops as gitops
+from hyperion.apply import ApplyConflict, apply_patch
 from hyperion.gitops import GitRepo
 from hyperion.pool import WorktreePool
 
@@ -236,3 +237,29 @@ def test_a_checks_leftovers_never_reach_the_next_commit_or_check(setup: Setup) -
     assert git(setup.repo, "show", f"{record['landed_commit']}:app.py") == "VALUE = 2\n"
     # The symlink the check left where docs/ was: nothing was written through it.
     assert list(outside.iterdir()) == []
+
+
+def test_the_three_way_merge_waits_for_a_proven_slot(tmp_path: Path) -> None:
+    """The merge writes the files it merged into the worktree, which may be more than the
+    patch names (a rename on the target): not into a slot not yet proven clean."""
+    lines = [f"line {n}\n" for n in range(1, 11)]
+    repo_path = make_repo(tmp_path / "r", {"f.txt": "".join(lines)})
+    repo = GitRepo(repo_path)
+    base = git(repo_path, "rev-parse", "HEAD").strip()
+    # The request's patch, made on the base: line 4 changed.
+    (repo_path / "f.txt").write_text("".join([*lines[:3], "line four\n", *lines[4:]]))
+    patch = git(repo_path, "diff")
+    git(repo_path, "checkout", "-q", "--", "f.txt")
+    # Meanwhile the target changed line 1, inside the patch's context.
+    (repo_path / "f.txt").write_text("".join(["line one\n", *lines[1:]]))
+    git(repo_path, "commit", "-qam", "line 1")
+    tip = git(repo_path, "rev-parse", "HEAD").strip()
+    worktree = tmp_path / "slot"
+    repo.worktree_add(worktree, tip)
+    with pytest.raises(ApplyConflict):
+        apply_patch(repo, worktree, patch, tip=tip, base_commit=base, merge=False)
+    assert git(worktree, "status", "--porcelain") == ""
+    applied = apply_patch(repo, worktree, patch, tip=tip, base_commit=base)
+    assert applied.method == "3way"
+    assert (worktree / "f.txt").read_text().splitlines()[:4] == \
+        ["line one", "line 2", "line 3", "line four"]

@@ -46,12 +46,14 @@ class Applied:
 
 
 def apply_patch(repo: GitRepo, worktree: Path, patch: str, *, tip: str,
-                base_commit: str | None, want_own_tree: bool = False) -> Applied:
+                base_commit: str | None, want_own_tree: bool = False,
+                merge: bool = True) -> Applied:
     """Apply ``patch`` to the worktree (index and files), which is clean at ``tip``.
 
     ``want_own_tree``: also make ``own_tree`` when the patch applied cleanly onto a tip that
-    is not its base (the tip may have changed the same files elsewhere). Raises
-    :class:`ApplyConflict`."""
+    is not its base (the tip may have changed the same files elsewhere). ``merge``: fall back
+    to the 3-way merge (not into a worktree not yet proven clean: the merge may write files
+    the patch does not name). Raises :class:`ApplyConflict`."""
     reason = repo.try_apply(worktree, patch)
     if reason is None:
         own_tree = None
@@ -60,6 +62,8 @@ def apply_patch(repo: GitRepo, worktree: Path, patch: str, *, tip: str,
         return Applied("clean", own_tree=own_tree)
     report: dict[str, Any] = {"target_sha": tip, "base_sha": base_commit,
                               "apply_check": reason[:4000]}
+    if not merge:
+        raise ApplyConflict(f"the patch does not apply cleanly to {tip[:12]}", report)
     first = reason.splitlines()[0][:200] if reason else "no reason given"
     if base_commit is None or base_commit == tip:
         raise ApplyConflict(f"the patch does not apply to the target at {tip[:12]} ({first}) "

@@ -412,7 +412,7 @@ class Worker:
             try:
                 applied = apply_patch(
                     repo, slot.path, request.patch, tip=tip, base_commit=base_commit,
-                    want_own_tree=any(c.sha256 for c in request.changes))
+                    want_own_tree=any(c.sha256 for c in request.changes), merge=slot.trusted)
                 self._check_hashes(request, slot.path, repo, applied.own_tree)
             except ApplyConflict as exc:
                 if not slot.trusted:
