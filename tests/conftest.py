@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -183,3 +184,67 @@ def setup(tmp_path: Path, webhook: Webhook) -> Setup:
     (tmp_path / "inbox").mkdir()
     return Setup(root=tmp_path, repo=repo, config=config, inbox=tmp_path / "inbox",
                  state=tmp_path / "state")
+
+
+RECORD_LOCK_HOLDER = """\
+import sys
+from pathlib import Path
+from hyperion.records import RecordStore
+store = RecordStore(Path(sys.argv[1]))
+with store._lock_only(sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def queued_record(rid: str) -> Any:
+    """A new record ``rid`` as the intake makes it (hyperion.records.Record)."""
+    from hyperion.records import Record, Source, State
+
+    at = "2024-05-01T10:00:00.000Z"
+    return Record(id=rid, kind="change", state=State.QUEUED, title=rid, repo="demo",
+                  target="main", agent="a", source=Source(kind="cli", name=rid),
+                  original_sha256="0" * 64, created_at=at, updated_at=at)
+
+
+@contextmanager
+def record_lock_held_elsewhere(state_dir: Path, record_id: str) -> Iterator[None]:
+    """The lock of record ``record_id`` held by another process until the block ends, as
+    another hyperion writing it would."""
+    holder = subprocess.Popen([sys.executable, "-c", RECORD_LOCK_HOLDER, str(state_dir),
+                               record_id], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        assert holder.wait(30) == 0
+
+
+def leave_leftover(slot: Path, leftover: str, scratch: Path) -> None:
+    """What a check may leave in a worktree whose files are a.txt, b.txt and c.txt (``scratch``:
+    a folder outside it for the excludes file)."""
+    if leftover == "untracked":
+        (slot / "new.txt").write_text("x")
+    elif leftover == "empty-folder":
+        (slot / "out" / "deeper").mkdir(parents=True)
+    elif leftover == "ignored":
+        (scratch / "ignore").write_text("*.o\n")
+        git(slot, "config", "core.excludesFile", str(scratch / "ignore"))
+        (slot / "x.o").write_text("object")
+    elif leftover == "modified":
+        (slot / "c.txt").write_text("GAMMA\n")         # same size, same second as the index
+    elif leftover == "deleted":
+        (slot / "c.txt").unlink()
+    elif leftover == "attributes":
+        (slot / ".gitattributes").write_text("* text\n")   # would change what is committed
+    elif leftover == "staged":
+        (slot / "s.txt").write_text("staged\n")
+        git(slot, "add", "s.txt")                     # nothing untracked, modified or deleted
+    elif leftover == "touched-index":
+        git(slot, "read-tree", "HEAD")           # the same entries, in an index written anew
+    else:
+        raise AssertionError(f"no such leftover: {leftover}")

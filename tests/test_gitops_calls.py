@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import git, make_repo
+from conftest import git, leave_leftover, make_repo
 
 from hyperion.gitops import GitRepo
 
@@ -192,23 +192,7 @@ def test_a_slot_its_check_left_untouched_is_proven_clean_by_one_ls_files(
 def test_whatever_a_check_left_after_a_commit_takes_the_full_reset(
         tmp_path: Path, monkeypatch: object, leftover: str) -> None:
     repo, slot, commit = _slot_with_a_commit(tmp_path)
-    if leftover == "untracked":
-        (slot / "new.txt").write_text("x")
-    elif leftover == "empty-folder":
-        (slot / "out" / "deeper").mkdir(parents=True)
-    elif leftover == "ignored":
-        git(slot, "config", "core.excludesFile", str(tmp_path / "ignore"))
-        (tmp_path / "ignore").write_text("*.o\n")
-        (slot / "x.o").write_text("object")
-    elif leftover == "modified":
-        (slot / "c.txt").write_text("GAMMA\n")         # same size, same second as the index
-    elif leftover == "deleted":
-        (slot / "c.txt").unlink()
-    elif leftover == "staged":
-        (slot / "s.txt").write_text("staged\n")
-        git(slot, "add", "s.txt")                     # nothing untracked, modified or deleted
-    elif leftover == "touched-index":
-        git(slot, "update-index", "--refresh")
+    leave_leftover(slot, leftover, tmp_path)
     calls = _git_calls(monkeypatch)
     assert repo.worktree_reset(slot, commit) is None
     assert "clean" in calls and "status" in calls

@@ -9,46 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import Setup
+from conftest import Setup, queued_record, record_lock_held_elsewhere
 
-from hyperion.records import Record, RecordStore, Source, State
-
-HOLDER = """\
-import sys
-from pathlib import Path
-from hyperion.records import RecordStore
-store = RecordStore(Path(sys.argv[1]))
-with store._lock_only(sys.argv[2]):
-    print("held", flush=True)
-    sys.stdin.readline()
-"""
-
-
-def _record(rid: str) -> Record:
-    at = "2024-05-01T10:00:00.000Z"
-    return Record(id=rid, kind="change", state=State.QUEUED, title=rid, repo="demo",
-                  target="main", agent="a", source=Source(kind="cli", name=rid),
-                  original_sha256="0" * 64, created_at=at, updated_at=at)
-
-
-@contextmanager
-def lock_held_elsewhere(state_dir: Path, record_id: str) -> Iterator[None]:
-    """The record's lock held by another process until the block ends."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(state_dir), record_id],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        yield
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.write("\n")
-        holder.stdin.close()
-        assert holder.wait(30) == 0
+from hyperion.records import Record, RecordStore, State
 
 
 def _on_disk(state_dir: Path, record_id: str) -> dict[str, object]:
@@ -59,8 +25,8 @@ def _on_disk(state_dir: Path, record_id: str) -> dict[str, object]:
 
 def test_a_transition_written_behind_returns_before_it_can_be_written(tmp_path: Path) -> None:
     store = RecordStore(tmp_path)
-    assert store.create(_record("r-1"), b"{}", by="intake", reason="accepted")
-    with lock_held_elsewhere(tmp_path, "r-1"):
+    assert store.create(queued_record("r-1"), b"{}", by="intake", reason="accepted")
+    with record_lock_held_elsewhere(tmp_path, "r-1"):
         started = time.monotonic()
         record = store.transition_behind("r-1", State.RUNNING, by="w0", reason="attempt 1",
                                          attempts=1)
@@ -80,9 +46,9 @@ def test_a_transition_written_behind_returns_before_it_can_be_written(tmp_path: 
 def test_reads_and_writes_of_the_record_wait_for_what_is_written_behind(
         tmp_path: Path) -> None:
     store = RecordStore(tmp_path)
-    assert store.create(_record("r-2"), b"{}", by="intake", reason="accepted")
+    assert store.create(queued_record("r-2"), b"{}", by="intake", reason="accepted")
     seen: list[Record | None] = []
-    with lock_held_elsewhere(tmp_path, "r-2"):
+    with record_lock_held_elsewhere(tmp_path, "r-2"):
         store.transition_behind("r-2", State.RUNNING, by="w0", reason="attempt 1")
         reader = threading.Thread(target=lambda: seen.append(store.get("r-2")))
         writer = threading.Thread(target=lambda: store.transition(
@@ -109,8 +75,8 @@ def test_a_write_behind_of_a_record_gone_meanwhile_is_logged_not_raised(
         pass                     # a record that does not exist is refused at once
     else:
         raise AssertionError("a missing record was accepted")
-    assert store.create(_record("r-3"), b"{}", by="intake", reason="accepted")
-    with lock_held_elsewhere(tmp_path, "r-3"):
+    assert store.create(queued_record("r-3"), b"{}", by="intake", reason="accepted")
+    with record_lock_held_elsewhere(tmp_path, "r-3"):
         store.transition_behind("r-3", State.RUNNING, by="w0", reason="attempt 1")
         (tmp_path / "records" / "r-3.json").unlink()     # gone before the write is made
     store.flush()
@@ -135,7 +101,7 @@ def test_no_check_runs_before_its_request_is_marked_running_on_disk(setup: Setup
     request.write_text(json.dumps(setup.request("look-1", {"app.py": "VALUE = 5\n"})))
     out = setup.cli("submit", str(request))
     assert out.returncode == 0, out.stderr
-    with lock_held_elsewhere(setup.state, "look-1"):
+    with record_lock_held_elsewhere(setup.state, "look-1"):
         run = subprocess.Popen([sys.executable, "-m", "hyperion", "--config",
                                 str(setup.config), "run", "--once"], cwd=setup.root,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -9,7 +9,9 @@ import threading
 import zlib
 from pathlib import Path
 
-from hyperion.records import LOCK_STRIPES, Record, RecordStore, Source, State
+from conftest import queued_record, record_lock_held_elsewhere
+
+from hyperion.records import LOCK_STRIPES, RecordStore, State
 
 WRITER = """\
 import sys
@@ -20,31 +22,13 @@ for n in range(int(sys.argv[3])):
     store.transition(sys.argv[2], State.QUEUED, by=f"writer-{sys.argv[4]}", reason=str(n))
 """
 
-HOLDER = """\
-import sys, time
-from pathlib import Path
-from hyperion.records import RecordStore
-store = RecordStore(Path(sys.argv[1]))
-with store._locked(sys.argv[2]):
-    print("held", flush=True)
-    sys.stdin.readline()
-"""
-
-
-def _record(rid: str) -> Record:
-    at = "2024-05-01T10:00:00.000Z"
-    return Record(id=rid, kind="change", state=State.QUEUED, title=rid, repo="demo",
-                  target="main", agent="a", source=Source(kind="cli", name=rid),
-                  original_sha256="0" * 64, created_at=at, updated_at=at)
-
-
 def _stripe(rid: str) -> int:
     return zlib.crc32(rid.encode()) % LOCK_STRIPES
 
 
 def test_concurrent_writers_of_one_record_lose_no_transition(tmp_path: Path) -> None:
     store = RecordStore(tmp_path)
-    assert store.create(_record("shared-1"), b"{}", by="cli", reason="accepted")
+    assert store.create(queued_record("shared-1"), b"{}", by="cli", reason="accepted")
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "shared-1",
                                  "40", str(n)]) for n in range(3)]
     for writer in writers:
@@ -62,11 +46,8 @@ def test_a_record_is_written_while_another_records_writer_holds_its_lock(
     same = next(f"same-{n}" for n in range(1000) if _stripe(f"same-{n}") == _stripe(held_id))
     store = RecordStore(tmp_path)
     for rid in (held_id, other, same):
-        assert store.create(_record(rid), b"{}", by="cli", reason="accepted")
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), held_id],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert store.create(queued_record(rid), b"{}", by="cli", reason="accepted")
+    with record_lock_held_elsewhere(tmp_path, held_id):
         done = {rid: threading.Event() for rid in (other, same)}
 
         def write(rid: str) -> None:
@@ -77,11 +58,6 @@ def test_a_record_is_written_while_another_records_writer_holds_its_lock(
             threading.Thread(target=write, args=(rid,), daemon=True).start()
         assert done[other].wait(30)               # another stripe: not held up
         assert not done[same].is_set()            # the held record's stripe: waits its turn
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.write("\n")
-        holder.stdin.close()
-        holder.wait(30)
     assert done[same].wait(30)
     written = store.get(same)
     assert written is not None and written.state is State.RUNNING

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Setup, git, make_repo
+from conftest import Setup, git, leave_leftover, make_repo
 
 import hyperion.gitops as gitops
 from hyperion.apply import ApplyConflict, apply_patch
@@ -78,20 +78,7 @@ def test_the_slot_at_its_commit_is_handed_out_unproven_and_proven_beside_the_wri
 def test_whatever_a_check_left_stops_the_commit_and_the_slot_is_reset(
         tmp_path: Path, leftover: str) -> None:
     repo, pool, commit, path = _held_slot(tmp_path)
-    if leftover == "untracked":
-        (path / "new.txt").write_text("x")
-    elif leftover == "empty-folder":
-        (path / "out" / "deeper").mkdir(parents=True)
-    elif leftover == "ignored":
-        (tmp_path / "ignore").write_text("*.o\n")
-        git(path, "config", "core.excludesFile", str(tmp_path / "ignore"))
-        (path / "x.o").write_text("object")
-    elif leftover == "modified":
-        (path / "c.txt").write_text("GAMMA\n")          # same size, same second as the index
-    elif leftover == "deleted":
-        (path / "c.txt").unlink()
-    elif leftover == "attributes":
-        (path / ".gitattributes").write_text("* text\n")   # would change what is committed
+    leave_leftover(path, leftover, tmp_path)
     with pool.checkout_unproven("demo", repo, commit) as slot:
         assert not slot.trusted
         assert GitRepo.try_apply(path, _edit("b.txt", "beta\n", "BETA\n")) is None
@@ -108,11 +95,8 @@ def test_whatever_a_check_left_stops_the_commit_and_the_slot_is_reset(
 def test_a_slot_whose_index_or_head_a_check_changed_is_proven_before_it_is_handed_out(
         tmp_path: Path, leftover: str) -> None:
     repo, pool, commit, path = _held_slot(tmp_path)
-    if leftover == "staged":
-        (path / "s.txt").write_text("staged\n")
-        git(path, "add", "s.txt")
-    elif leftover == "touched-index":
-        git(path, "read-tree", "HEAD")           # the same entries, in an index written anew
+    if leftover in ("staged", "touched-index"):
+        leave_leftover(path, leftover, tmp_path)
     elif leftover == "head-moved":
         git(path, "checkout", "-q", "--detach", "HEAD~1")
         git(path, "checkout", "-q", "--detach", commit)          # back, through git
