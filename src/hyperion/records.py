@@ -230,9 +230,8 @@ class RecordStore:
     def transition(self, record_id: str, to: State, *, by: str, reason: str,
                    timings: dict[str, float] | None = None, **updates: Any) -> Record:
         """Move the record to ``to``, with a history entry; the record as it now is."""
-        at = now_iso()
         with self._locked(record_id):
-            return self._transition(record_id, to, by, reason, at, timings, updates)
+            return self._transition(record_id, to, by, reason, now_iso(), timings, updates)
 
     def transition_behind(self, record_id: str, to: State, *, by: str, reason: str,
                           **updates: Any) -> Record:
