@@ -414,18 +414,15 @@ class Worker:
                     repo, slot.path, request.patch, tip=tip, base_commit=base_commit,
                     want_own_tree=any(c.sha256 for c in request.changes), merge=slot.trusted)
                 self._check_hashes(request, slot.path, repo, applied.own_tree)
-            except ApplyConflict as exc:
+            except (ApplyConflict, Failed) as exc:
                 if not slot.trusted:
                     slot.prove()
                     continue
+                if isinstance(exc, Failed):
+                    raise
                 self._save_artifact(record.id, "conflict-report.json", render_report(
                     record.id, record.target or "", request.base, exc.report))
                 raise Failed(Code.APPLY_CONFLICT, exc.message) from None
-            except Failed:
-                if not slot.trusted:
-                    slot.prove()
-                    continue
-                raise
             if slot.trusted:
                 return applied, repo.commit(slot.path, tip, message, author, author_date)
             commit = repo.commit_proving_clean(slot.path, tip, message, author, author_date)
