@@ -283,3 +283,35 @@ def test_trees_read_once_are_answered_again_without_reading_the_repository(
     monkeypatch.setattr(type(store), "__getitem__", no_reads)
     assert reader.modes(second, ["pkg/b.txt", "pkg/c.txt"]) == {"pkg/b.txt": "100644",
                                                                "pkg/c.txt": "100644"}
+
+
+def test_folders_blobs_and_written_trees_are_what_git_reads_and_writes(
+        odd_repo: tuple[Path, str], tmp_path: Path) -> None:
+    repo, commit = odd_repo
+    reader = InProcessGit(repo / ".git")
+    paths = ["", "dir", "dir/sub", "a.txt", "link", "vendor/mod", "missing", "x/y/z"]
+    found = reader.folders(commit, paths)
+    assert found is not None and set(found) == {"", "dir", "dir/sub", "x/y/z"}
+    for path, entries in found.items():
+        listed = git(repo, "cat-file", "-p", f"{commit}:{path}")
+        assert sorted(f"{int(m, 8):06o} {oid} {n.decode()}" for n, (m, oid) in entries.items()) \
+            == sorted(" ".join([f"{line.split()[0]}", line.split()[2], line.split("\t")[1]])
+                      for line in listed.splitlines())
+        # written back in-process: the tree git has (entries in any order, git's order out)
+        shuffled = dict(reversed(list(entries.items())))
+        assert reader.write_tree(shuffled) == git(repo, "rev-parse", f"{commit}:{path}").strip()
+    blob = git(repo, "rev-parse", f"{commit}:a.txt").strip()
+    assert reader.blobs([blob]) == {blob: b"a\n"}
+    assert reader.blobs([git(repo, "rev-parse", f"{commit}:dir").strip()]) is None  # a tree
+    assert reader.blobs(["0" * 40]) is None                                       # missing
+    made = reader.write_blob(b"new\r\ncontent\n")
+    assert made == subprocess.run(["git", "hash-object", "--no-filters", "--stdin"], cwd=repo,
+                                  input=b"new\r\ncontent\n", capture_output=True,
+                                  check=True).stdout.decode().strip()
+    assert subprocess.run(["git", "cat-file", "blob", made], cwd=repo, capture_output=True,
+                          check=True).stdout == b"new\r\ncontent\n"
+    assert reader.ref_target("refs/heads/main") == (True, git(repo, "rev-parse", "main").strip())
+    assert reader.ref_target("refs/notes/none") == (True, None)
+    git(repo, "update-ref", "refs/notes/tree", f"{commit}^{{tree}}")
+    assert reader.ref_target("refs/notes/tree") == (False, None)       # not a commit: git
+    assert reader.ref_target("refs/heads/a..b") == (False, None)

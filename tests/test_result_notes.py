@@ -5,6 +5,7 @@ concurrent writer or to a repository that cannot be written. Real git repositori
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from hyperion import gitops
 from hyperion import result_notes as rn
 from hyperion.config import Config
+from hyperion.gitinproc import InProcessGit
 from hyperion.gitops import GitRepo
 from hyperion.records import Record, Source, State
 from hyperion.result_notes import ResultNotes
@@ -66,6 +68,22 @@ def repo(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "demo", BASE_FILES)
 
 
+def _ask_git(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every question the in-process reader could answer goes to git instead."""
+    monkeypatch.setattr(InProcessGit, "ref_target", lambda self, ref: (False, None))
+    for name in ("folders", "blobs", "write_blob", "write_tree", "write_commit"):
+        monkeypatch.setattr(InProcessGit, name, lambda self, *args: None)
+
+
+@pytest.fixture(autouse=True, params=["in-process", "git"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test twice: notes read and written in-process (dulwich), and by git processes
+    (what happens where dulwich cannot answer exactly as git would)."""
+    if request.param == "git":
+        _ask_git(monkeypatch)
+    return str(request.param)
+
+
 def test_thirty_outcomes_make_one_notes_commit_that_git_notes_shows(tmp_path: Path,
                                                                      repo: Path) -> None:
     commits = _commits(repo, 30)
@@ -89,7 +107,7 @@ def test_thirty_outcomes_make_one_notes_commit_that_git_notes_shows(tmp_path: Pa
 
 
 def test_the_git_processes_of_a_pass_do_not_grow_with_its_notes(
-        tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch, writer: str) -> None:
     runs: list[list[str]] = []
     real_run = subprocess.run
 
@@ -108,8 +126,11 @@ def test_the_git_processes_of_a_pass_do_not_grow_with_its_notes(
         runs.clear()
         assert notes.deliver_ready("test") == n
         used.append(len(runs))
-    # GitRepo, ref_value, two cat-file, hash-object, mktree per depth, commit-tree, update-ref
-    assert max(used) <= 11 and used[1] <= used[0] + 1, used
+    if writer == "git":
+        # ref_value, two cat-file, hash-object, mktree per depth, commit-tree, update-ref
+        assert max(used) <= 11 and used[1] <= used[0] + 1, used
+    else:   # git only opens the repository (the first pass) and swaps the ref
+        assert used == [2, 1] and "update-ref" in runs[0], runs
     # The repository is opened once per process (GitRepo.at), not per pass or per note: the
     # first pass opened it, so this second one opens nothing.
     assert sum(1 for args in runs if "rev-parse" in args and "--absolute-git-dir" in args) == 0
@@ -309,3 +330,34 @@ def test_a_folder_fans_out_a_level_deeper_and_notes_stay_where_they_are(tmp_path
     assert f"ab/0f/{'3' * 36}" in git(repo, "ls-tree", "-r", "--name-only", REF).split()
     assert _show(repo, deeper[0]) == ["two", "three"]
     assert len(git(repo, "notes", f"--ref={REF}", "list").splitlines()) == 66
+
+
+def test_notes_written_in_process_are_the_objects_git_writes(
+        tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch, writer: str) -> None:
+    if writer == "git":
+        pytest.skip("compares the two writers itself")
+    commits = _commits(repo, 150)
+    rounds = [{c: [f"first {c}"] for c in commits},          # enough to fan out
+              {**{c: ["again"] for c in commits[:3]}, commits[3]: [f"first {commits[3]}"]}]
+    gr = GitRepo(repo)
+    for batch in rounds:
+        gr.add_notes("refs/notes/inproc", batch, "hyperion: results of 2 requests")
+        with monkeypatch.context() as patched:
+            _ask_git(patched)
+            gr.add_notes("refs/notes/git", batch, "hyperion: results of 2 requests")
+
+        def commit(ref: str) -> list[str]:
+            # Each ref has its own parent, and the dates differ by when each was written;
+            # nothing else may differ (the tree, identities, message, its final newline).
+            text = subprocess.run(["git", "cat-file", "commit", ref], cwd=repo, check=True,
+                                  capture_output=True, text=True).stdout
+            return [re.sub(r"> \d+ [+-]\d{4}$", ">", re.sub(r"^parent \w+$", "parent", line))
+                    for line in text.split("\n")]
+
+        assert commit("refs/notes/inproc") == commit("refs/notes/git")
+    assert git(repo, "ls-tree", "-r", "refs/notes/inproc") == \
+        git(repo, "ls-tree", "-r", "refs/notes/git")
+    assert any("/" in line for line in git(repo, "ls-tree", "-r", "--name-only",
+                                           "refs/notes/inproc").splitlines())
+    assert _show(repo, commits[0], "refs/notes/inproc") == [f"first {commits[0]}", "again"]
+    assert git(repo, "fsck", "--strict", "--no-dangling") == ""

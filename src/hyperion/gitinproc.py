@@ -2,9 +2,10 @@
 
 Every request asks the same few questions before it is applied (where its target branch is,
 what the target tree holds at the paths the patch touches: tree safety, the policy file) and
-then writes one commit object. A git process costs 1-3 ms each on a small machine; dulwich does
-the same from the same files in-process in about 0.1 ms. Only these are done here; everything
-else, and every ref the user sees, stays with the git CLI (gitops).
+then writes one commit object; its result note reads and writes a few notes folders, note blobs
+and a notes commit. A git process costs 1-3 ms each on a small machine; dulwich does the same
+from the same files in-process in about 0.1 ms. Only these are done here; everything else, and
+every ref the user sees, stays with the git CLI (gitops).
 
 It answers only what it can answer exactly as git would, and says "don't know" (None) for
 everything else, so the caller asks git: a ref that is not a well-formed name or does not
@@ -15,7 +16,7 @@ hyperion's git runs with GIT_NO_REPLACE_OBJECTS=1 (gitops), so both see objects 
 
 dulwich caches pack indexes and the packed-refs file, re-checking them when git changes them
 (new packs after a fetch or gc, a packed-refs rewrite); loose refs are read from disk on every
-call. Commit objects are written as git writes loose objects (same format, permissions of a
+call. Objects are written as git writes loose objects (same format, permissions of a
 shared repository, fsync as core.fsyncObjectFiles says). One instance serves all threads of
 the process, behind a lock.
 """
@@ -27,6 +28,7 @@ import re
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,10 +161,11 @@ class InProcessGit:
             raise ValueError(f"{path} is {len(data)} bytes, over {max_bytes}")
         return True, bytes(data)
 
-    def write_commit(self, tree: str, parent: str, message: str, author: tuple[str, str],
-                     author_date: str | None, committer: tuple[str, str]) -> str | None:
-        """Write the commit object ``git commit-tree tree -p parent`` would write (author and
-        committer from the given identities, dates now unless ``author_date``, git's raw
+    def write_commit(self, tree: str, parents: Sequence[str], message: str,
+                     author: tuple[str, str], author_date: str | None,
+                     committer: tuple[str, str]) -> str | None:
+        """Write the commit object ``git commit-tree tree -p parent...`` would write (author
+        and committer from the given identities, dates now unless ``author_date``, git's raw
         ``<seconds> <+zone>``); its id, or None to let git write it."""
         if not (_plain_identity(author) and _plain_identity(committer)):
             return None
@@ -187,7 +190,7 @@ class InProcessGit:
 
                 commit = Commit()
                 commit.tree = ObjectID(tree.encode())
-                commit.parents = [ObjectID(parent.encode())]
+                commit.parents = [ObjectID(parent.encode()) for parent in parents]
                 commit.author = f"{author[0]} <{author[1]}>".encode()
                 commit.committer = f"{committer[0]} <{committer[1]}>".encode()
                 commit.author_time, commit.author_timezone = author_time, author_offset
@@ -199,6 +202,100 @@ class InProcessGit:
             except Exception:
                 return None
             return str(commit.id.decode())
+
+    def ref_target(self, ref: str) -> tuple[bool, str | None]:
+        """(answered, the commit ``ref`` points at; None when there is no such ref)."""
+        from dulwich.refs import Ref, check_ref_format
+
+        name = Ref(ref.encode("utf-8", "surrogateescape"))
+        if not check_ref_format(name):
+            return False, None
+        with self._lock:
+            repo = self._open()
+            if repo is None:
+                return False, None
+            try:
+                if repo.refs.read_ref(name) is None:
+                    return True, None
+                sha = repo.refs[name]
+                kind, _ = repo.object_store.get_raw(sha)
+            except Exception:
+                return False, None
+        return (True, sha.decode()) if kind == _COMMIT else (False, None)
+
+    def folders(self, commit: str, paths: Sequence[str]) -> dict[str, Entries] | None:
+        """The entries of each of ``paths`` ("" the root) that is a folder in ``commit``'s tree:
+        name -> (mode as git writes it, object id). None: ask git."""
+        with self._lock:
+            repo = self._open()
+            if repo is None:
+                return None
+            try:
+                root = self._root(repo, commit)
+                found: dict[str, Entries] = {}
+                for path in paths:
+                    if path:
+                        entry = self._entry(repo, root, _split(path), self._trees)
+                        if entry is None or entry[0] & _S_IFMT != _S_IFDIR:
+                            continue
+                        tree_id = entry[1]
+                    else:
+                        tree_id = root
+                    tree = repo.object_store[tree_id]
+                    if tree.type_num != _TREE:
+                        return None
+                    found[path] = {name: (b"%o" % mode, sha.decode())
+                                   for name, mode, sha in tree.iteritems()}
+            except Exception:
+                return None
+        return found
+
+    def blobs(self, ids: Sequence[str]) -> dict[str, bytes] | None:
+        """The content of each blob; None: ask git (one is missing or not a blob)."""
+        with self._lock:
+            repo = self._open()
+            if repo is None:
+                return None
+            found = {}
+            try:
+                for oid in ids:
+                    kind, data = repo.object_store.get_raw(oid.encode())
+                    if kind != _BLOB:
+                        return None
+                    found[oid] = bytes(data)
+            except Exception:
+                return None
+        return found
+
+    def write_blob(self, data: bytes) -> str | None:
+        """Write a blob (``git hash-object -w --no-filters``); its id, or None: ask git."""
+        from dulwich.objects import Blob
+
+        return self._add(Blob.from_string(data))
+
+    def write_tree(self, entries: Entries) -> str | None:
+        """Write the tree of ``entries`` (``git mktree``: any order in, git's order out); its
+        id, or None: ask git."""
+        from dulwich.objects import ObjectID, Tree
+
+        tree = Tree()
+        try:
+            for name, (mode, oid) in entries.items():
+                tree.add(name, int(mode, 8), ObjectID(oid.encode()))
+        except ValueError:
+            return None
+        return self._add(tree)
+
+    def _add(self, obj: Any) -> str | None:
+        with self._lock:
+            repo = self._open()
+            if repo is None:
+                return None
+            try:
+                repo.object_store.add_object(obj)
+            except Exception:
+                return None
+        return str(obj.id.decode())
 
     def _utf8_commits(self, repo: Any) -> bool:
         """Whether git would write commits without an encoding header (no i18n.commitEncoding
@@ -263,6 +360,9 @@ class InProcessGit:
                 return None
         return mode, tree_id
 
+
+#: A tree's entries as git lists them: name -> (mode as written in the tree, object id).
+Entries = dict[bytes, tuple[bytes, str]]
 
 #: Trees (and commits' root trees) kept per repository between calls, at most.
 _CACHED = 256

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -52,10 +53,24 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+_PROGRAM: tuple[str, str] | None = None     # (PATH, git's absolute path found there)
+
+
+def _program() -> str:
+    """git's absolute path, looked up once per value of PATH: started by its bare name, a
+    child would try to exec it in each folder of PATH in turn."""
+    global _PROGRAM
+    path = os.environ.get("PATH", os.defpath)
+    found = _PROGRAM
+    if found is None or found[0] != path:
+        found = _PROGRAM = (path, shutil.which("git", path=path) or "git")
+    return found[1]
+
+
 def git(args: Sequence[str], *, cwd: Path, input: bytes | None = None,
         env: dict[str, str] | None = None,
         check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    proc = subprocess.run(["git", *SAFE_CONFIG, *args], cwd=cwd, input=input,
+    proc = subprocess.run([_program(), *SAFE_CONFIG, *args], cwd=cwd, input=input,
                           capture_output=True, env=_env(env), check=False,
                           stdin=None if input is not None else subprocess.DEVNULL)
     if check and proc.returncode != 0:
@@ -66,7 +81,7 @@ def git(args: Sequence[str], *, cwd: Path, input: bytes | None = None,
 def _start(args: Sequence[str], *, cwd: Path) -> subprocess.Popen[bytes]:
     """git started and left running (its output piped), for a caller that does something
     else meanwhile."""
-    return subprocess.Popen(["git", *SAFE_CONFIG, *args], cwd=cwd, env=_env(),
+    return subprocess.Popen([_program(), *SAFE_CONFIG, *args], cwd=cwd, env=_env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
 
@@ -522,7 +537,7 @@ class GitRepo:
         """Write the commit of ``tree`` on ``parent`` (in-process when that gives what git
         would write, else with git commit-tree)."""
         if self._inproc is not None:
-            sha = self._inproc.write_commit(tree, parent, message, author, author_date,
+            sha = self._inproc.write_commit(tree, [parent], message, author, author_date,
                                             COMMITTER)
             if sha is not None:
                 return sha
@@ -751,11 +766,13 @@ class GitRepo:
         any depth, and a mixed tree is one git reads and writes too.
 
         Only the folders on the changed paths are read and written, never the whole notes
-        tree, and the git processes do not grow with the number of notes: one
-        `cat-file --batch` for those folders, one for the old notes, one `hash-object` for all
-        new note blobs, one `mktree --batch` per depth, `commit-tree`, then a compare-and-swap
-        of the ref (`git notes add` would overwrite a concurrent writer's note); the whole step
-        is retried when another writer moved the ref in between.
+        tree. Those folders, the old notes, the new note blobs, folders and notes commit are
+        read and written in-process (gitinproc); where it cannot answer exactly as git would,
+        git does it with processes that do not grow with the number of notes (one
+        `cat-file --batch` for the folders, one for the old notes, one `hash-object` for all new
+        blobs, one `mktree --batch` per depth, `commit-tree`). git then swaps the ref, a
+        compare-and-swap (`git notes add` would overwrite a concurrent writer's note); the whole
+        step is retried when another writer moved the ref in between.
         """
         wanted: dict[str, list[str]] = {}
         for commit, lines in notes.items():
@@ -765,21 +782,37 @@ class GitRepo:
             wanted.setdefault(flat, []).extend(lines)
         if not any(wanted.values()):
             return 0
-        env = {"GIT_AUTHOR_NAME": COMMITTER[0], "GIT_AUTHOR_EMAIL": COMMITTER[1],
-               "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
         for _ in range(NOTE_ATTEMPTS):
-            old = self.ref_value(ref)
+            old = self._notes_commit(ref)
             folders, placed = self._place_notes(old, wanted)
             if not placed:
                 return 0
             root = self._write_notes_tree(folders, placed)
-            parents = ["-p", old] if old is not None else []
-            new = git(["commit-tree", root, *parents, "-m", reason], cwd=self.git_dir,
-                      env=env).stdout.decode().strip()
+            new = self._write_notes_commit(root, old, reason)
             if self.set_ref(ref, new, old, reason):
                 return len(placed)
         raise GitError(["update-ref", ref], 1, f"{ref} kept moving: gave up after "
                        f"{NOTE_ATTEMPTS} attempts to add notes")
+
+    def _notes_commit(self, ref: str) -> str | None:
+        if self._inproc is not None:
+            answered, commit = self._inproc.ref_target(ref)
+            if answered:
+                return commit
+        return self.ref_value(ref)
+
+    def _write_notes_commit(self, root: str, old: str | None, reason: str) -> str:
+        parents = [old] if old is not None else []
+        # As `git commit-tree -m reason` writes it: the reason and a newline.
+        if self._inproc is not None and not any(ord(c) < 32 for c in reason):
+            new = self._inproc.write_commit(root, parents, reason + "\n", COMMITTER, None,
+                                            COMMITTER)
+            if new is not None:
+                return new
+        env = {"GIT_AUTHOR_NAME": COMMITTER[0], "GIT_AUTHOR_EMAIL": COMMITTER[1],
+               "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
+        return git(["commit-tree", root, *(f"-p{p}" for p in parents), "-m", reason],
+                   cwd=self.git_dir, env=env).stdout.decode().strip()
 
     def _place_notes(self, old: str | None, wanted: dict[str, list[str]]
                      ) -> tuple[_Folders, dict[tuple[str, str], str]]:
@@ -831,7 +864,11 @@ class GitRepo:
 
     def _read_note_folders(self, old: str, paths: Sequence[str]) -> _Folders:
         """The entries (name -> mode, object id) of each of ``paths`` that is a folder in
-        ``old``'s tree ("" is the root), from one `cat-file --batch`."""
+        ``old``'s tree ("" is the root), read in-process or by one `cat-file --batch`."""
+        if self._inproc is not None:
+            found = self._inproc.folders(old, paths)
+            if found is not None:
+                return {"": {}, **found}
         request = "".join(f"{old}:{path}\n" for path in paths).encode()
         out = git(["cat-file", "--batch"], cwd=self.git_dir, input=request).stdout
         folders: _Folders = {"": {}}
@@ -843,6 +880,9 @@ class GitRepo:
     def _read_note_blobs(self, blobs: Sequence[str]) -> dict[str, str]:
         if not blobs:
             return {}
+        found = self._inproc.blobs(blobs) if self._inproc is not None else None
+        if found is not None:
+            return {blob: data.decode("utf-8", errors="replace") for blob, data in found.items()}
         out = git(["cat-file", "--batch"], cwd=self.git_dir,
                   input="".join(f"{blob}\n" for blob in blobs).encode()).stdout
         texts = {}
@@ -853,20 +893,13 @@ class GitRepo:
         return texts
 
     def _write_notes_tree(self, folders: _Folders, placed: dict[tuple[str, str], str]) -> str:
-        """Write the note blobs (one `hash-object`) and every folder on their paths (one
-        `mktree --batch` per depth, deepest first); the new root tree's id."""
+        """Write the note blobs and every folder on their paths, deepest first; the new root
+        tree's id."""
         keys = list(placed)
-        with tempfile.TemporaryDirectory(prefix="hyperion-notes-") as tmp:
-            listing = []
-            for i, key in enumerate(keys):
-                file = Path(tmp) / str(i)
-                file.write_bytes(placed[key].encode())
-                listing.append(f"{file}\n")
-            blobs = git(["hash-object", "-w", "--no-filters", "--stdin-paths"],
-                        cwd=self.git_dir, input="".join(listing).encode()).stdout.split()
+        blobs = self._write_blobs([placed[key].encode() for key in keys])
         changes: _Folders = {}
         for (folder, name), blob in zip(keys, blobs, strict=True):
-            changes.setdefault(folder, {})[name.encode()] = (b"100644", blob.decode())
+            changes.setdefault(folder, {})[name.encode()] = (b"100644", blob)
             while folder:      # every folder up to the root changes with it
                 folder = folder.rpartition("/")[0]
                 changes.setdefault(folder, {})
@@ -878,19 +911,42 @@ class GitRepo:
             for child, tree in written.items():
                 parent, _, name = child.rpartition("/")
                 changes[parent][name.encode()] = (b"40000", tree)
-            batch = []
-            for folder in level:
-                entries = {**folders.get(folder, {}), **changes[folder]}
-                batch.append(b"".join(
-                    b"%s %s %s\t%s\0" % (mode, self._MKTREE_TYPE.get(mode, b"blob"),
-                                          oid.encode(), name)
-                    for name, (mode, oid) in entries.items()) + b"\0")
-            # --missing: skip looking up every entry (they come from the tree read above or
-            # were just written); it halves the cost of a folder with many notes.
-            trees = git(["mktree", "-z", "--missing", "--batch"], cwd=self.git_dir,
-                        input=b"".join(batch)).stdout.decode().split()
+            trees = self._write_trees([{**folders.get(folder, {}), **changes[folder]}
+                                       for folder in level])
             written = dict(zip(level, trees, strict=True))
         return written[""]
+
+    def _write_blobs(self, contents: Sequence[bytes]) -> list[str]:
+        """Write blobs as they are (no filters): in-process, else one `hash-object`."""
+        if self._inproc is not None:
+            ids = [self._inproc.write_blob(data) for data in contents]
+            if all(ids):
+                return [oid for oid in ids if oid is not None]
+        with tempfile.TemporaryDirectory(prefix="hyperion-notes-") as tmp:
+            listing = []
+            for i, data in enumerate(contents):
+                file = Path(tmp) / str(i)
+                file.write_bytes(data)
+                listing.append(f"{file}\n")
+            out = git(["hash-object", "-w", "--no-filters", "--stdin-paths"],
+                      cwd=self.git_dir, input="".join(listing).encode()).stdout
+        return out.decode().split()
+
+    def _write_trees(self, trees: Sequence[dict[bytes, tuple[bytes, str]]]) -> list[str]:
+        """Write trees of entries (name -> mode, object id): in-process, else one
+        `mktree --batch`."""
+        if self._inproc is not None:
+            ids = [self._inproc.write_tree(entries) for entries in trees]
+            if all(ids):
+                return [oid for oid in ids if oid is not None]
+        batch = [b"".join(b"%s %s %s\t%s\0" % (mode, self._MKTREE_TYPE.get(mode, b"blob"),
+                                                 oid.encode(), name)
+                          for name, (mode, oid) in entries.items()) + b"\0"
+                 for entries in trees]
+        # --missing: skip looking up every entry (they come from the tree read above or were
+        # just written); it halves the cost of a folder with many notes.
+        return git(["mktree", "-z", "--missing", "--batch"], cwd=self.git_dir,
+                   input=b"".join(batch)).stdout.decode().split()
 
     _MKTREE_TYPE = {b"40000": b"tree", b"160000": b"commit"}
 
