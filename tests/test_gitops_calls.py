@@ -200,3 +200,25 @@ def test_whatever_a_check_left_after_a_commit_takes_the_full_reset(
     assert not (slot / "out").exists()
     assert (slot / "c.txt").read_text() == "gamma\n"
     assert git(slot, "ls-files", "s.txt") == ""
+
+
+def test_git_is_the_one_on_path_as_path_is_now(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """git's path is looked up once per value of PATH (a child started by name would search
+    PATH on each start), so a changed PATH is still obeyed."""
+    from hyperion import gitops
+
+    repo = make_repo(tmp_path / "r", FILES)
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    log = tmp_path / "shim.log"
+    real = gitops.shutil.which("git")
+    (shim / "git").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexec {real} \"$@\"\n")
+    (shim / "git").chmod(0o755)
+    head = git(repo, "rev-parse", "HEAD").strip()
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
+    assert gitops.git(["rev-parse", "HEAD"], cwd=repo).stdout.decode().strip() == head
+    assert log.read_text().count("rev-parse HEAD") == 1
+    monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1])
+    gitops.git(["rev-parse", "HEAD"], cwd=repo)
+    assert log.read_text().count("rev-parse HEAD") == 1
