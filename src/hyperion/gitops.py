@@ -811,7 +811,8 @@ class GitRepo:
                 return new
         env = {"GIT_AUTHOR_NAME": COMMITTER[0], "GIT_AUTHOR_EMAIL": COMMITTER[1],
                "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
-        return git(["commit-tree", root, *(f"-p{p}" for p in parents), "-m", reason],
+        return git(["commit-tree", root, *(arg for p in parents for arg in ("-p", p)),
+                    "-m", reason],
                    cwd=self.git_dir, env=env).stdout.decode().strip()
 
     def _place_notes(self, old: str | None, wanted: dict[str, list[str]]
