@@ -315,3 +315,5 @@ def test_folders_blobs_and_written_trees_are_what_git_reads_and_writes(
     git(repo, "update-ref", "refs/notes/tree", f"{commit}^{{tree}}")
     assert reader.ref_target("refs/notes/tree") == (False, None)       # not a commit: git
     assert reader.ref_target("refs/heads/a..b") == (False, None)
+    git(repo, "symbolic-ref", "refs/notes/dangling", "refs/notes/nowhere")
+    assert reader.ref_target("refs/notes/dangling") == (False, None)   # git's to say

@@ -92,21 +92,29 @@ class InProcessGit:
     def commit_of_ref(self, ref: str) -> str | None:
         """The commit ``ref`` (a full name, e.g. refs/heads/main) points at, following
         symbolic refs; None when it does not exist, is not a commit, or cannot be read here."""
+        return self.ref_target(ref)[1]
+
+    def ref_target(self, ref: str) -> tuple[bool, str | None]:
+        """(answered, the commit ``ref`` points at, following symbolic refs; None when there
+        is no such ref). Not answered: not a well-formed name, not a commit, unreadable."""
         from dulwich.refs import Ref, check_ref_format
 
         name = Ref(ref.encode("utf-8", "surrogateescape"))
         if not check_ref_format(name):
-            return None
+            return False, None
         with self._lock:
             repo = self._open()
             if repo is None:
-                return None
+                return False, None
             try:
-                sha = repo.refs[name]
+                try:
+                    sha = repo.refs[name]
+                except KeyError:    # no such ref, or a symbolic ref to none (git's to say)
+                    return repo.refs.read_ref(name) is None, None
                 kind, _ = repo.object_store.get_raw(sha)
             except Exception:
-                return None
-        return sha.decode() if kind == _COMMIT else None
+                return False, None
+        return (True, sha.decode()) if kind == _COMMIT else (False, None)
 
     def head_ref(self) -> tuple[bool, str | None]:
         """(answered, the full ref name HEAD points at; None when HEAD is detached)."""
@@ -202,26 +210,6 @@ class InProcessGit:
             except Exception:
                 return None
             return str(commit.id.decode())
-
-    def ref_target(self, ref: str) -> tuple[bool, str | None]:
-        """(answered, the commit ``ref`` points at; None when there is no such ref)."""
-        from dulwich.refs import Ref, check_ref_format
-
-        name = Ref(ref.encode("utf-8", "surrogateescape"))
-        if not check_ref_format(name):
-            return False, None
-        with self._lock:
-            repo = self._open()
-            if repo is None:
-                return False, None
-            try:
-                if repo.refs.read_ref(name) is None:
-                    return True, None
-                sha = repo.refs[name]
-                kind, _ = repo.object_store.get_raw(sha)
-            except Exception:
-                return False, None
-        return (True, sha.decode()) if kind == _COMMIT else (False, None)
 
     def folders(self, commit: str, paths: Sequence[str]) -> dict[str, Entries] | None:
         """The entries of each of ``paths`` ("" the root) that is a folder in ``commit``'s tree:
