@@ -22,6 +22,9 @@ its intent file (mid-land), or just after new files reach the inbox (mid-intake)
 - no worktree left beside the pool's slots (state/worktrees/demo/w<N>), `git worktree list`
   has only the checkout and those slots, none locked or prunable, and the checkout is clean
   on main;
+- result notes: none left to write, each landed request's line exactly once, on its landed
+  commit and on no other, and `git fsck --strict` clean (the notes' objects are written
+  in-process, and kills fall between those writes and the ref's swap);
 - one notification per terminal state: exactly one outbox message for each record's final
   state, and at least one delivery of it. A kill between a delivery and its acknowledgement
   makes the endpoint receive it again (delivery to an outside endpoint is at least once): such
@@ -263,7 +266,7 @@ def verify(root: Path, repo: Path, requests: list[dict[str, Any]]) -> dict[str, 
             violations.append(f"{rid}: {record['state']} but commits carry its trailer: "
                               f"{found}")
     # Queues, worktrees, checkout.
-    for spool in ("spool", "outbox"):
+    for spool in ("spool", "outbox", "notes"):
         left = sorted(entries(state / spool / "running"))
         if left:
             violations.append(f"{spool}/running/ not empty: {left[:5]}")
@@ -320,6 +323,7 @@ def verify(root: Path, repo: Path, requests: list[dict[str, Any]]) -> dict[str, 
         if times == 0:
             violations.append(f"{rid}: its {final} notification was not delivered")
         again += max(0, times - 1)
+    violations += verify_notes(state, repo, records)
     retries: Counter[str] = Counter()
     for record in records.values():
         for entry in record.get("history", []):
@@ -331,6 +335,33 @@ def verify(root: Path, repo: Path, requests: list[dict[str, Any]]) -> dict[str, 
             "landed_commits": sum(1 for r in records.values() if r["state"] == "landed"),
             "notifications": {"lines": len(lines), "delivered_again": again},
             "violations": violations}
+
+
+def verify_notes(state: Path, repo: Path, records: dict[str, dict[str, Any]]) -> list[str]:
+    """Result notes: all written, each landed request's line once on its landed commit and on
+    no other commit, and the repository's objects sound (notes objects are written in-process,
+    and kills land between their writes and the ref's swap)."""
+    violations = []
+    left = sorted(n for n in entries(state / "notes" / "queued") if not n.startswith("."))
+    if left:
+        violations.append(f"result notes not written: {left[:5]}")
+    on: dict[str, list[tuple[str, str]]] = {}     # request id -> [(commit, state)]
+    listed = git(repo, "notes", "--ref=hyperion", "list").split()
+    for blob, commit in zip(listed[::2], listed[1::2], strict=True):
+        for line in git(repo, "cat-file", "blob", blob).splitlines():
+            entry = json.loads(line)
+            on.setdefault(entry["id"], []).append((commit, entry["state"]))
+    for rid, record in records.items():
+        lines = on.get(rid, [])
+        if record["state"] == "landed" and lines != [(record["landed_commit"], "landed")]:
+            violations.append(f"{rid}: result note lines {lines}, not one on its landed commit")
+        elif record["state"] != "landed" and lines:
+            violations.append(f"{rid}: {record['state']} but has result note lines {lines}")
+    try:
+        git(repo, "fsck", "--strict", "--no-dangling", "--no-progress")
+    except RuntimeError as exc:
+        violations.append(f"git fsck: {str(exc)[:300]}")
+    return violations
 
 
 # ---------------------------------------------------------------------- main
