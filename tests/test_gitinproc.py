@@ -317,3 +317,20 @@ def test_folders_blobs_and_written_trees_are_what_git_reads_and_writes(
     assert reader.ref_target("refs/heads/a..b") == (False, None)
     git(repo, "symbolic-ref", "refs/notes/dangling", "refs/notes/nowhere")
     assert reader.ref_target("refs/notes/dangling") == (False, None)   # git's to say
+
+
+def test_objects_written_in_a_shared_repository_get_the_modes_git_gives(tmp_path: Path) -> None:
+    repo = tmp_path / "shared"
+    subprocess.run(["git", "init", "-q", "--bare", "--shared=group", str(repo)], check=True)
+    old = os.umask(0o077)       # what a service's umask would withhold from the group
+    try:
+        ours = InProcessGit(repo).write_blob(b"written in-process\n")
+        theirs = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=repo, check=True,
+                                input=b"written by git\n", capture_output=True).stdout.decode()
+    finally:
+        os.umask(old)
+    assert ours is not None
+    paths = [repo / "objects" / oid[:2] / oid[2:].strip() for oid in (ours, theirs)]
+    modes = [(p.stat().st_mode & 0o7777, p.parent.stat().st_mode & 0o7777) for p in paths]
+    assert modes[0] == modes[1], modes
+    assert modes[0][0] & 0o040                # the group can read it
