@@ -4,6 +4,7 @@ checked-out target's state from one status, and the pool's reset guard from one 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,26 @@ def test_git_is_the_one_on_path_as_path_is_now(tmp_path: Path,
     monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1])
     gitops.git(["rev-parse", "HEAD"], cwd=repo)
     assert log.read_text().count("rev-parse HEAD") == 1
+
+
+def test_a_git_in_the_worktree_never_runs_whatever_path_says(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request can add an executable named git; with "." or an empty entry in PATH, a git
+    started by name from the worktree would be that one."""
+    from hyperion import gitops
+
+    repo = make_repo(tmp_path / "r", FILES)
+    ran = tmp_path / "ran"
+    (repo / "git").write_text(f"#!/bin/sh\ntouch {ran}\n")
+    (repo / "git").chmod(0o755)
+    real_git = gitops.shutil.which("git")
+    assert real_git is not None
+    real = os.path.dirname(real_git)
+    for path in (f".{os.pathsep}{real}", f"{os.pathsep}{real}", f"{real}{os.pathsep}."):
+        monkeypatch.setenv("PATH", path)
+        assert GitRepo.try_apply(repo, _patch("alpha\n", "ALPHA\n", "beta\n", "BETA\n")) is None
+        subprocess.run([real_git, "reset", "-q", "--hard"], cwd=repo, check=True)
+    assert not ran.exists()
+    monkeypatch.setenv("PATH", ".")
+    with pytest.raises(FileNotFoundError, match="absolute folder"):
+        gitops.git(["--version"], cwd=repo)

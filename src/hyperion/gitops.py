@@ -7,6 +7,7 @@ stripped of GIT_* variables inherited from whoever started hyperion.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -57,13 +58,20 @@ _PROGRAM: tuple[str, str] | None = None     # (PATH, git's absolute path found t
 
 
 def _program() -> str:
-    """git's absolute path, looked up once per value of PATH: started by its bare name, a
-    child would try to exec it in each folder of PATH in turn."""
+    """git's absolute path, looked up once per value of PATH, in its absolute folders only.
+    Started by its bare name, a child would try every folder of PATH in turn, and search a
+    relative one ("." or an empty entry) from the worktree it runs in, where a request can
+    put an executable `git` of its own."""
     global _PROGRAM
     path = os.environ.get("PATH", os.defpath)
     found = _PROGRAM
     if found is None or found[0] != path:
-        found = _PROGRAM = (path, shutil.which("git", path=path) or "git")
+        folders = os.pathsep.join(p for p in path.split(os.pathsep) if os.path.isabs(p))
+        program = shutil.which("git", path=folders)
+        if program is None:
+            raise FileNotFoundError(errno.ENOENT, "git is not in any absolute folder of PATH",
+                                    "git")
+        found = _PROGRAM = (path, program)
     return found[1]
 
 
