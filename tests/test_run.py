@@ -441,3 +441,42 @@ def test_child_leads_its_own_session(tmp_path: Path) -> None:
     result = run(py("import os; print(os.getpid() == os.getpgrp() == os.getsid(0))"),
                  tmp_path)
     assert result.output_path.read_text() == "True\n"
+
+
+def _tool(folder: Path, name: str, says: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(f"#!/bin/sh\necho {says}\n")
+    (folder / name).chmod(0o755)
+
+
+@pytest.mark.parametrize("limits", [None, {"cpu": 30}])
+def test_a_program_named_without_a_folder_is_never_the_worktrees(
+        tmp_path: Path, limits: dict[str, int] | None) -> None:
+    """A request can add an executable named like a check's program; with "." or an empty
+    entry in PATH, the child, started in the worktree, would run that one."""
+    _tool(tmp_path / "bin", "lint-hyperion", "the configured tool")
+    worktree = tmp_path / "worktree"
+    _tool(worktree, "lint-hyperion", "the request's own")
+    for path in (f".{os.pathsep}{tmp_path / 'bin'}", f"{os.pathsep}{tmp_path / 'bin'}"):
+        result = run_command(["lint-hyperion"], cwd=worktree, timeout_s=10,
+                             output_path=tmp_path / "out.log", limits=limits,
+                             env={"PATH": path})
+        assert result.ok and result.tail == "the configured tool\n", result
+    result = run_command(["lint-hyperion"], cwd=worktree, timeout_s=10, limits=limits,
+                         output_path=tmp_path / "out.log", env={"PATH": "."})
+    assert result.start_error == "executable not found: lint-hyperion"
+
+
+def test_with_limits_a_program_is_found_from_the_childs_folder(tmp_path: Path) -> None:
+    """It was looked for from the daemon's own folder, so a check like ./scripts/x.sh was
+    refused as not found once it had limits."""
+    worktree = tmp_path / "worktree"
+    _tool(worktree / "scripts", "check-hyperion.sh", "from the worktree")
+    result = run_command(["./scripts/check-hyperion.sh"], cwd=worktree, timeout_s=10,
+                         limits={"cpu": 30}, output_path=tmp_path / "out.log",
+                         env={"PATH": "/usr/bin:/bin"})
+    assert result.ok and result.tail == "from the worktree\n", result
+    missing = run_command(["./scripts/none.sh"], cwd=worktree, timeout_s=10,
+                          limits={"cpu": 30}, output_path=tmp_path / "out.log",
+                          env={"PATH": "/usr/bin:/bin"})
+    assert missing.start_error == "executable not found: ./scripts/none.sh"

@@ -122,7 +122,8 @@ def run_command(argv: Sequence[str], *, cwd: Path, timeout_s: float, output_path
     started = time.monotonic()
     with open(output_path, "wb") as out:
         try:
-            proc = _spawn(_with_limits(args, limits, child_env), cwd, child_env)
+            proc = _spawn(_with_limits(_located(args, child_env), limits, cwd), cwd,
+                          child_env)
         except OSError as exc:
             message = _start_error(exc, args, cwd)
             out.write(f"[hyperion: could not start: {message}]\n".encode())
@@ -185,14 +186,34 @@ def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
     return args
 
 
+def _located(args: tuple[str, ...], env: Mapping[str, str]) -> tuple[str, ...]:
+    """``args`` with a program named without a folder replaced by its path in the absolute
+    folders of the child's PATH. The child starts in the worktree, where a "." or empty entry
+    of PATH would find a program of that name that a request put there. A name with a folder
+    (``./scripts/test.sh``) is the configuration's own choice of a file."""
+    if "/" in args[0]:
+        return args
+    path = env.get("PATH", os.defpath)
+    folders = os.pathsep.join(p for p in path.split(os.pathsep) if os.path.isabs(p))
+    found = shutil.which(args[0], path=folders)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "not found", args[0])
+    return (found, *args[1:])
+
+
 def _with_limits(args: tuple[str, ...], limits: Mapping[str, int] | None,
-                 env: Mapping[str, str]) -> tuple[str, ...]:
-    """The argv that starts ``args`` under ``limits``: through rlimit_exec.py, which sets them
-    and then execs the command (so the limits bind the check and all it starts)."""
+                 cwd: Path) -> tuple[str, ...]:
+    """The argv that starts ``args`` (its program a path, see :func:`_located`) under
+    ``limits``: through rlimit_exec.py, which sets them and then execs the command (so the
+    limits bind the check and all it starts). A program that is missing or not runnable is
+    refused here, as starting it directly would be, not by the launcher's exit."""
     if not limits:
         return args
-    if shutil.which(args[0], path=env.get("PATH", os.defpath)) is None:
+    program = os.path.join(cwd, args[0])     # relative to the child's folder, as it runs
+    if not os.path.isfile(program):
         raise FileNotFoundError(errno.ENOENT, "not found", args[0])
+    if not os.access(program, os.X_OK):
+        raise PermissionError(errno.EACCES, "permission denied", args[0])
     spec = [f"{name}={int(value)}" for name, value in sorted(limits.items())]
     for item in spec:
         if item.split("=", 1)[0] not in _LIMIT_NAMES:
