@@ -4,6 +4,7 @@ checked-out target's state from one status, and the pool's reset guard from one 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -213,7 +214,7 @@ def test_git_is_the_one_on_path_as_path_is_now(tmp_path: Path,
     shim = tmp_path / "bin"
     shim.mkdir()
     log = tmp_path / "shim.log"
-    real = gitops.shutil.which("git")
+    real = shutil.which("git")
     (shim / "git").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexec {real} \"$@\"\n")
     (shim / "git").chmod(0o755)
     head = git(repo, "rev-parse", "HEAD").strip()
@@ -235,7 +236,7 @@ def test_a_git_in_the_worktree_never_runs_whatever_path_says(
     ran = tmp_path / "ran"
     (repo / "git").write_text(f"#!/bin/sh\ntouch {ran}\n")
     (repo / "git").chmod(0o755)
-    real_git = gitops.shutil.which("git")
+    real_git = shutil.which("git")
     assert real_git is not None
     real = os.path.dirname(real_git)
     for path in (f".{os.pathsep}{real}", f"{os.pathsep}{real}", f"{real}{os.pathsep}."):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -255,3 +256,24 @@ def test_log_lines_never_carry_a_secret(tmp_path: Path) -> None:
     assert token not in out.stderr
     lines = [json.loads(line) for line in out.stderr.splitlines()]
     assert "[redacted" in lines[0]["message"] and "[redacted" in lines[1]["exc"]
+
+
+def test_doctor_finds_programs_where_hyperion_starts_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only PATH's absolute folders count, as when hyperion starts git, a check or a harness:
+    a program reachable only through "." is reported missing."""
+    from hyperion import doctor
+
+    tool = tmp_path / "lint-hyperion"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    real_git = shutil.which("git")
+    assert real_git is not None
+    monkeypatch.setenv("PATH", f".{os.pathsep}{os.path.dirname(real_git)}")
+    assert doctor._git().ok
+    assert not doctor._check("lint", "lint-hyperion").ok
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.path.dirname(real_git)}")
+    assert doctor._check("lint", "lint-hyperion").ok
+    monkeypatch.setenv("PATH", ".")
+    assert not doctor._git().ok

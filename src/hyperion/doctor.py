@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hyperion.config import Config, HarnessConfig, redact_url
 from hyperion.gate.policy import load_policy
+from hyperion.run import find_program
 
 MIN_GIT = (2, 30)
 MIN_INOTIFY_WATCHES = 8192
@@ -45,7 +46,7 @@ def diagnose(config: Config, *, send_test: bool = False) -> list[Finding]:
 
 def _harness(name: str, harness: HarnessConfig) -> Finding:
     program = harness.run[0]
-    found = program if "/" in program and os.access(program, os.X_OK) else shutil.which(program)
+    found = _runnable(program)
     if found is None:
         return Finding(f"harness {name}", False, f"{program!r} is not an executable on PATH: "
                        f"fix harnesses.{name}.run")
@@ -58,10 +59,18 @@ def _harness(name: str, harness: HarnessConfig) -> Finding:
     return Finding(f"harness {name}", True, found)
 
 
+def _runnable(program: str) -> str | None:
+    """The file a check or harness started as ``program`` would run (run.find_program),
+    when it can be run."""
+    found = find_program(program)
+    return found if found is not None and os.access(found, os.X_OK) else None
+
+
 def _git() -> Finding:
-    path = shutil.which("git")
+    path = find_program("git")
     if path is None:
-        return Finding("git", False, "git is not on PATH: install git (2.30 or newer)")
+        return Finding("git", False, "git is not in an absolute folder of PATH: install git "
+                       "(2.30 or newer)")
     proc = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
     match = re.search(r"(\d+)\.(\d+)", proc.stdout)
     version = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
@@ -188,7 +197,7 @@ def _target_policy(name: str, config: Config) -> Finding:
 
 
 def _check(name: str, program: str) -> Finding:
-    found = program if "/" in program and os.access(program, os.X_OK) else shutil.which(program)
+    found = _runnable(program)
     if found is None:
         return Finding(f"check {name}", False, f"{program!r} is not an executable on PATH: "
                        f"fix checks.{name}.run")

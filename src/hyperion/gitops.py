@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyperion.gitinproc import InProcessGit
+from hyperion.run import find_program
 
 SAFE_CONFIG = (
     "-c", "core.hooksPath=/dev/null",
@@ -66,8 +66,7 @@ def _program() -> str:
     path = os.environ.get("PATH", os.defpath)
     found = _PROGRAM
     if found is None or found[0] != path:
-        folders = os.pathsep.join(p for p in path.split(os.pathsep) if os.path.isabs(p))
-        program = shutil.which("git", path=folders)
+        program = find_program("git", path)
         if program is None:
             raise FileNotFoundError(errno.ENOENT, "git is not in any absolute folder of PATH",
                                     "git")

@@ -186,16 +186,22 @@ def _check_argv(argv: Sequence[str]) -> tuple[str, ...]:
     return args
 
 
-def _located(args: tuple[str, ...], env: Mapping[str, str]) -> tuple[str, ...]:
-    """``args`` with a program named without a folder replaced by its path in the absolute
-    folders of the child's PATH. The child starts in the worktree, where a "." or empty entry
-    of PATH would find a program of that name that a request put there. A name with a folder
-    (``./scripts/test.sh``) is the configuration's own choice of a file."""
-    if "/" in args[0]:
-        return args
-    path = env.get("PATH", os.defpath)
+def find_program(name: str, path: str | None = None) -> str | None:
+    """What a child started as ``name`` runs: ``name`` itself when it has a folder in it
+    (``./scripts/test.sh``, the configuration's own choice of a file), else the program of
+    that name in the absolute folders of ``path`` (default: this process's PATH); None when
+    there is none. Relative folders ("." or an empty entry) are left out: children start in
+    a worktree, where they would find a file of that name that a request put there."""
+    if "/" in name:
+        return name
+    path = os.environ.get("PATH", os.defpath) if path is None else path
     folders = os.pathsep.join(p for p in path.split(os.pathsep) if os.path.isabs(p))
-    found = shutil.which(args[0], path=folders)
+    return shutil.which(name, path=folders)
+
+
+def _located(args: tuple[str, ...], env: Mapping[str, str]) -> tuple[str, ...]:
+    """``args`` with its program as :func:`find_program` finds it in the child's PATH."""
+    found = find_program(args[0], env.get("PATH", os.defpath))
     if found is None:
         raise FileNotFoundError(errno.ENOENT, "not found", args[0])
     return (found, *args[1:])
