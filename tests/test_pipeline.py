@@ -141,3 +141,26 @@ def test_unreachable_notification_target_never_fails_a_request(setup: Setup) -> 
     assert out.returncode == 0
     assert setup.record("quiet-1")["state"] == "landed"
     assert "notify" in out.stderr
+
+
+def test_a_check_program_a_request_adds_never_runs_whatever_path_says(setup: Setup) -> None:
+    """The check names a program without a folder that no absolute folder of PATH has; a
+    request adds an executable of that name, and PATH starts with ".": the check cannot
+    start, and the request's file never runs."""
+    ran = setup.root / "the-requests-program-ran"
+    text = setup.config.read_text().replace(
+        f'run: [{json.dumps(sys.executable)}, "check.py"]', 'run: ["lint-hyperion-e2e"]')
+    setup.config.write_text(text)
+    req = setup.request("shadow-1", {"lint-hyperion-e2e": f"#!/bin/sh\ntouch {ran}\n"})
+    req["patch"] = req["patch"].replace("new file mode 100644", "new file mode 100755")
+    setup.drop("s.json", req)
+    import subprocess
+
+    env = {**os.environ, "PATH": f".{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "hyperion", "--config", str(setup.config),
+                           "run", "--once"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    record = setup.record("shadow-1")
+    assert record["state"] == "failed" and record["error"]["code"] == "check_failed", record
+    assert "executable not found: lint-hyperion-e2e" in record["error"]["message"]
+    assert not ran.exists()
