@@ -147,3 +147,22 @@ def test_signed_requests_through_the_cli_and_the_inbox(setup: Setup, tmp_path: P
     assert setup.record("signed-1")["state"] == "landed"
     record = setup.record("unsigned-1")
     assert record["state"] == "rejected" and record["error"]["code"] == "bad_signature"
+
+
+def test_ssh_keygen_only_through_a_relative_path_entry_counts_as_missing(
+        tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """ssh-keygen is looked for as every program hyperion starts (run.find_program): in PATH's
+    absolute folders. Reachable only through "." it is missing, and the request is refused
+    with a reason, not verified by whatever "./ssh-keygen" is."""
+    policy = policy_with(tmp_path, ["alice-*"])
+    request = signed(REQUEST, keys["alice"], tmp_path)
+    fake = tmp_path / "ssh-keygen"
+    fake.write_text(f"#!/bin/sh\ntouch {tmp_path / 'fake-ran'}\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", ".")
+    with pytest.raises(GateError) as info:
+        check_signature(request, "alice-bot", policy)
+    assert info.value.info.code is Code.INTERNAL_ERROR
+    assert "ssh-keygen is not installed" in info.value.info.message
+    assert not (tmp_path / "fake-ran").exists()

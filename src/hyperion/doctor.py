@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +163,7 @@ def _policy(config: Config) -> Finding:
         policy = load_policy(config.policy)
     except ValueError as exc:
         return Finding("policy", False, f"{exc}: fix the policy file")
-    if policy.signatures is not None and shutil.which("ssh-keygen") is None:
+    if policy.signatures is not None and find_program("ssh-keygen") is None:
         return Finding("policy", False, f"{config.policy} verifies signatures, but ssh-keygen "
                        "is not on PATH: install OpenSSH's client tools")
     return Finding("policy", True, f"{config.policy} ({len(policy.rules)} rules)")
@@ -189,7 +188,7 @@ def _target_policy(name: str, config: Config) -> Finding:
     except (GitError, ValueError) as exc:
         return Finding(label, False, f"{path} at {repo_config.target}: {exc}; requests to "
                        f"{name} are refused until it is fixed on {repo_config.target}")
-    if policy.signatures is not None and shutil.which("ssh-keygen") is None:
+    if policy.signatures is not None and find_program("ssh-keygen") is None:
         return Finding(label, False, f"{path} verifies signatures, but ssh-keygen is not on "
                        "PATH: install OpenSSH's client tools")
     return Finding(label, True, f"{path} at {repo_config.target} {tip[:12]} "

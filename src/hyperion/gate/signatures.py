@@ -21,6 +21,7 @@ from typing import Any
 
 from hyperion.errors import Code, GateError
 from hyperion.gate.policy import Policy
+from hyperion.run import find_program
 
 NAMESPACE = "hyperion"
 TIMEOUT_S = 10.0
@@ -41,8 +42,11 @@ def canonical_payload(obj: dict[str, Any]) -> bytes:
 
 
 def _ssh_keygen(args: list[str], payload: bytes | None) -> subprocess.CompletedProcess[bytes]:
+    program = find_program("ssh-keygen")
     try:
-        return subprocess.run(["ssh-keygen", *args], input=payload if payload is not None
+        if program is None:
+            raise FileNotFoundError("ssh-keygen")
+        return subprocess.run([program, *args], input=payload if payload is not None
                               else b"", capture_output=True, timeout=TIMEOUT_S, check=False,
                               env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                    "LC_ALL": "C"})
