@@ -539,12 +539,13 @@ class GitRepo:
                 return None, proc.stderr.decode(errors="replace").strip()
             return _out(["write-tree"], cwd=self.git_dir, env=env), ""
 
-    def commit_tree(self, tree: str, parent: str, message: str, author: tuple[str, str],
-                    author_date: str | None = None) -> str:
-        """Write the commit of ``tree`` on ``parent`` (in-process when that gives what git
-        would write, else with git commit-tree)."""
+    def commit_tree(self, tree: str, parent: str | None, message: str,
+                    author: tuple[str, str], author_date: str | None = None) -> str:
+        """Write the commit of ``tree`` on ``parent`` (None: a root commit), its message as
+        given (in-process when that gives what git would write, else with git commit-tree)."""
+        parents = [parent] if parent is not None else []
         if self._inproc is not None:
-            sha = self._inproc.write_commit(tree, [parent], message, author, author_date,
+            sha = self._inproc.write_commit(tree, parents, message, author, author_date,
                                             COMMITTER)
             if sha is not None:
                 return sha
@@ -552,8 +553,9 @@ class GitRepo:
                "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
         if author_date is not None:
             env["GIT_AUTHOR_DATE"] = author_date
-        return git(["commit-tree", tree, "-p", parent, "-F", "-"], cwd=self.git_dir,
-                   input=message.encode(), env=env).stdout.decode().strip()
+        return git(["commit-tree", tree, *(arg for p in parents for arg in ("-p", p)),
+                    "-F", "-"], cwd=self.git_dir, input=message.encode(),
+                   env=env).stdout.decode().strip()
 
     def merge_trees(self, ours: str, theirs: str) -> MergeResult:
         """Merge two commits without touching any working tree (git merge-tree)."""
@@ -795,7 +797,7 @@ class GitRepo:
             if not placed:
                 return 0
             root = self._write_notes_tree(folders, placed)
-            new = self._write_notes_commit(root, old, reason)
+            new = self.commit_tree(root, old, reason + "\n", COMMITTER)
             if self.set_ref(ref, new, old, reason):
                 return len(placed)
         raise GitError(["update-ref", ref], 1, f"{ref} kept moving: gave up after "
@@ -807,20 +809,6 @@ class GitRepo:
             if answered:
                 return commit
         return self.ref_value(ref)
-
-    def _write_notes_commit(self, root: str, old: str | None, reason: str) -> str:
-        parents = [old] if old is not None else []
-        # As `git commit-tree -m reason` writes it: the reason and a newline.
-        if self._inproc is not None and not any(ord(c) < 32 for c in reason):
-            new = self._inproc.write_commit(root, parents, reason + "\n", COMMITTER, None,
-                                            COMMITTER)
-            if new is not None:
-                return new
-        env = {"GIT_AUTHOR_NAME": COMMITTER[0], "GIT_AUTHOR_EMAIL": COMMITTER[1],
-               "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
-        return git(["commit-tree", root, *(arg for p in parents for arg in ("-p", p)),
-                    "-m", reason],
-                   cwd=self.git_dir, env=env).stdout.decode().strip()
 
     def _place_notes(self, old: str | None, wanted: dict[str, list[str]]
                      ) -> tuple[_Folders, dict[tuple[str, str], str]]:
