@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,58 @@ def test_a_slot_whose_use_failed_is_unlocked_as_it_is(
     assert not _locked_elsewhere(tmp_path / "worktrees" / "demo" / "w0.lock")
     with pool.checkout("demo", repo, head) as again:
         assert again == slot and not (slot / "junk.txt").exists()
+
+
+def _committed_in(slot: Path, repo: GitRepo, parent: str) -> str:
+    (slot / "a.txt").write_text("alpha, changed\n")
+    git(slot, "add", "a.txt")
+    return repo.commit(slot, parent, "a change\n", ("Agent", "agent@example.invalid"))
+
+
+def test_a_checkout_at_the_commit_of_a_slot_in_use_waits_for_that_slot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second worker builds on the first's commit while the first runs its check in its
+    slot: it gets that slot when given back, unproven (the guard runs beside its commit),
+    instead of resetting another slot to that commit."""
+    repo, head, pool = _setup(tmp_path)
+    directory = tmp_path / "worktrees" / "demo"
+    got: dict[str, object] = {}
+
+    def second(commit: str) -> None:
+        with pool.checkout_unproven("demo", repo, commit) as slot:
+            got.update(path=slot.path, trusted=slot.trusted, at=time.monotonic())
+
+    with pool.checkout_unproven("demo", repo, head) as first:
+        commit = _committed_in(first.path, repo, head)
+        pool_module._HELD.reset_took(directory, 30.0)
+        calls = _git_calls(monkeypatch)
+        waiter = threading.Thread(target=second, args=(commit,))
+        waiter.start()
+        time.sleep(0.3)                       # the first one's check
+        assert "path" not in got              # still waiting
+        given_back = time.monotonic()
+    waiter.join(10)
+    assert got["path"] == first.path and got["trusted"] is False
+    assert isinstance(got["at"], float) and got["at"] >= given_back
+    assert "checkout" not in calls and "clean" not in calls and "worktree" not in calls
+
+
+def test_a_checkout_waits_for_a_slot_in_use_no_longer_than_a_reset_takes(
+        tmp_path: Path) -> None:
+    repo, head, pool = _setup(tmp_path)
+    directory = tmp_path / "worktrees" / "demo"
+    with pool.checkout_unproven("demo", repo, head) as first:
+        commit = _committed_in(first.path, repo, head)
+        pool_module._HELD.reset_took(directory, 0.2)
+        started = time.monotonic()
+        with pool.checkout_unproven("demo", repo, commit) as other:
+            waited = time.monotonic() - started
+            assert other.path != first.path and other.trusted
+            assert git(other.path, "rev-parse", "HEAD").strip() == commit
+        assert 0.2 <= waited < 0.2 + 10            # the wait, then a slot added afresh
+    # Nothing in use: no wait at all for a commit no slot is at.
+    pool_module._HELD.reset_took(directory, 30.0)
+    started = time.monotonic()
+    with pool.checkout_unproven("demo", repo, head):
+        pass
+    assert time.monotonic() - started < 30

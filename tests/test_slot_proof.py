@@ -247,3 +247,51 @@ def test_the_three_way_merge_waits_for_a_proven_slot(tmp_path: Path) -> None:
     assert applied.method == "3way"
     assert (worktree / "f.txt").read_text().splitlines()[:4] == \
         ["line one", "line 2", "line 3", "line four"]
+
+
+def _admin(path: Path) -> Path:
+    return Path((path / ".git").read_text().removeprefix("gitdir: ").strip())
+
+
+@pytest.mark.parametrize("case", ["sound", "outside", "admin-link", "dot-dot", "other-folder",
+                                  "written-through-a-link"])
+def test_the_worktree_link_is_judged_as_resolved_however_it_is_written(
+        tmp_path: Path, case: str) -> None:
+    """The slot's .git file must name a folder right inside the repository's worktrees
+    folder, and that folder's gitdir file the slot; paths written as hyperion wrote them are
+    judged without resolving, and every other spelling as resolved."""
+    repo, _pool, _commit, path = _held_slot(tmp_path)
+    admin = _admin(path)
+    worktrees = (repo.git_dir / "worktrees").resolve()
+    expected: str | None = None
+    if case == "outside":
+        outside = tmp_path / "elsewhere" / admin.name
+        outside.parent.mkdir()
+        admin.rename(outside)
+        (path / ".git").write_text(f"gitdir: {outside}\n")
+        expected = "points outside"
+    elif case == "admin-link":
+        # A link inside worktrees/ that leads out: spelt right below the folder, but it is not.
+        outside = tmp_path / "elsewhere"
+        admin.rename(outside)
+        (worktrees / "wlink").symlink_to(outside)
+        (path / ".git").write_text(f"gitdir: {worktrees / 'wlink'}\n")
+        expected = "points outside"
+    elif case == "dot-dot":
+        (path / ".git").write_text(f"gitdir: {worktrees}/..\n")
+        expected = "points outside"
+    elif case == "other-folder":
+        (admin / "gitdir").write_text(f"{tmp_path / 'another'}/.git\n")
+        expected = "another folder"
+    elif case == "written-through-a-link":
+        # The same folders named through a link: resolved, they are the slot's.
+        link = tmp_path / "via"
+        link.symlink_to(worktrees.parent)
+        (path / ".git").write_text(f"gitdir: {link / 'worktrees' / admin.name}\n")
+        (admin / "gitdir").write_text(f"{tmp_path / 'via-slot'}/.git\n")
+        (tmp_path / "via-slot").symlink_to(path)
+    problem = repo.worktree_link_problem(path)
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None and expected in problem

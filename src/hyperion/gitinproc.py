@@ -111,7 +111,7 @@ class InProcessGit:
                     sha = repo.refs[name]
                 except KeyError:    # no such ref, or a symbolic ref to none (git's to say)
                     return repo.refs.read_ref(name) is None, None
-                kind, _ = repo.object_store.get_raw(sha)
+                kind, _ = _raw(repo, sha)
             except Exception:
                 return False, None
         return (True, sha.decode()) if kind == _COMMIT else (False, None)
@@ -160,7 +160,7 @@ class InProcessGit:
                 mode, sha = entry
                 if mode & _S_IFMT in (_S_IFDIR, _S_IFGITLINK):
                     return True, None
-                kind, data = repo.object_store.get_raw(sha)
+                kind, data = _raw(repo, sha)
             except Exception:
                 return False, None
         if kind != _BLOB:
@@ -229,7 +229,7 @@ class InProcessGit:
                         tree_id = entry[1]
                     else:
                         tree_id = root
-                    tree = repo.object_store[tree_id]
+                    tree = _object(repo, tree_id)
                     if tree.type_num != _TREE:
                         return None
                     found[path] = {name: (b"%o" % mode, sha.decode())
@@ -247,7 +247,7 @@ class InProcessGit:
             found = {}
             try:
                 for oid in ids:
-                    kind, data = repo.object_store.get_raw(oid.encode())
+                    kind, data = _raw(repo, oid.encode())
                     if kind != _BLOB:
                         return None
                     found[oid] = bytes(data)
@@ -308,7 +308,7 @@ class InProcessGit:
     def _root(self, repo: Any, commit: str) -> bytes:
         root = self._roots.get(commit)
         if root is None:
-            kind, raw = repo.object_store.get_raw(commit.encode())
+            kind, raw = _raw(repo, commit.encode())
             if kind != _COMMIT or not raw.startswith(b"tree "):
                 raise KeyError(commit)
             if len(self._roots) >= _CACHED:
@@ -336,7 +336,7 @@ class InProcessGit:
                 return None          # below a file, symlink or gitlink: not listed
             tree = trees.get(tree_id)
             if tree is None:
-                tree = repo.object_store[tree_id]
+                tree = _object(repo, tree_id)
                 if tree.type_num != _TREE:
                     raise KeyError(tree_id)
                 if len(trees) >= _CACHED:
@@ -354,6 +354,26 @@ Entries = dict[bytes, tuple[bytes, str]]
 
 #: Trees (and commits' root trees) kept per repository between calls, at most.
 _CACHED = 256
+
+
+def _object(repo: Any, sha: bytes) -> Any:
+    """The object ``sha`` (40 hex digits): its loose file first. dulwich looks in its packs
+    first, and when an object is in none of them lists the pack folder again to look for new
+    packs: for every object git has just written, which is loose."""
+    from dulwich.objects import ShaFile, hex_to_filename, valid_hexsha
+
+    if valid_hexsha(sha):
+        try:
+            return ShaFile.from_path(hex_to_filename(repo.object_store.path, sha))
+        except FileNotFoundError:
+            pass
+    return repo.object_store[sha]
+
+
+def _raw(repo: Any, sha: bytes) -> tuple[int, bytes]:
+    """(type number, content) of the object ``sha``, read as :func:`_object` does."""
+    obj = _object(repo, sha)
+    return obj.type_num, obj.as_raw_string()
 
 #: Repository extensions that change nothing this module reads or writes.
 _PLAIN_EXTENSIONS = {b"worktreeconfig", b"preciousobjects", b"noop"}

@@ -7,9 +7,11 @@ stripped of GIT_* variables inherited from whoever started hyperion.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import stat
 import subprocess
 import tempfile
 import threading
@@ -268,6 +270,7 @@ class GitRepo:
         # objects only).
         self._inproc = None if self.objects_env else InProcessGit(self.git_dir)
         self._toplevel: Path | None = None      # of a non-bare repository, learnt once
+        self._worktrees_dir: Path | None = None  # git_dir/worktrees resolved, learnt once
 
     # -- reading
     def resolve(self, rev: str) -> str | None:
@@ -464,15 +467,30 @@ class GitRepo:
         if (path / ".git").is_symlink() or not text.startswith("gitdir: "):
             return "its .git is not a gitdir file"
         admin = Path(text[len("gitdir: "):].strip())
-        if admin.resolve().parent != (self.git_dir / "worktrees").resolve():
+        if not self._in_worktrees(admin):
             return "its .git file points outside this repository's worktrees"
         try:
             back = Path((admin / "gitdir").read_text().strip())
         except OSError:
             return "git no longer knows this worktree"
-        if back.resolve() != (path / ".git").resolve():
+        # The same path as written needs no resolving (the slot's own path, as git recorded
+        # it when hyperion added it): each resolve costs a stat of every folder on the way.
+        if back != path / ".git" and back.resolve() != (path / ".git").resolve():
             return "git registers this worktree for another folder"
         return None
+
+    def _in_worktrees(self, admin: Path) -> bool:
+        """Whether ``admin`` is (resolved) a folder right inside this repository's
+        ``worktrees`` folder."""
+        worktrees = self._worktrees_dir
+        if worktrees is None:
+            worktrees = self._worktrees_dir = (self.git_dir / "worktrees").resolve()
+        if admin.parent == worktrees and admin.name != "..":
+            # Written right below the resolved folder: it resolves there unless it is a link.
+            with contextlib.suppress(OSError):
+                if not stat.S_ISLNK(os.lstat(admin).st_mode):
+                    return True
+        return admin.resolve().parent == worktrees
 
     def prune_worktrees(self) -> None:
         """Forget worktrees whose folders are gone."""

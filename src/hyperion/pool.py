@@ -28,6 +28,13 @@ out before the apply: git apply writes and deletes through a symlink that stands
 folder was, outside the worktree, so a folder the patch writes in that is not a real folder
 (:meth:`Slot.folders_are_real`) has the slot reset first. Any other checkout is
 reset first, as above. A slot whose use failed is unlocked as it is.
+
+With two workers or more, the next request is built on the commit of the one before while
+that one's check still runs in its slot, which it then gives back at that very commit. A
+checkout at a commit no slot given back is at, while this process uses a slot of that
+repository, waits for one to come back there, but no longer than the last reset of a slot
+there took (then it resets another): waiting is cheaper when checks are quick, and bounded
+by what not waiting costs when they are slow.
 """
 
 from __future__ import annotations
@@ -57,6 +64,9 @@ _SLOT = re.compile(r"^w(\d+)$")
 #: Slots given back that this process keeps locked, over all repositories; beyond that the
 #: oldest is unlocked (it costs its next user one reset, nothing else).
 MAX_HELD_SLOTS = 16
+#: How long a checkout waits for a slot in use here to come back at its commit, before any
+#: reset of that repository's slots was timed.
+DEFAULT_RESET_S = 0.05
 
 
 class PoolExhausted(RuntimeError):
@@ -86,22 +96,22 @@ class WorktreePool:
         (see the module's docstring)."""
         directory = self.root / repo_name
         directory.mkdir(parents=True, exist_ok=True)
-        held = _HELD.take(directory)
+        held = _HELD.take_at(directory, commit)
         fd, path = (held.fd, held.path) if held is not None else _free_slot(directory)
         slot = Slot(path, commit, trusted=False, _pool=self, _repo_name=repo_name, _repo=repo)
+        _HELD.checked_out(directory)
         try:
-            if held is None or held.commit != commit or \
-                    not repo.index_as_committed(path, commit):
-                slot.prove()
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            yield slot
-        except BaseException:
-            os.close(fd)
-            raise
-        _HELD.give_back(fd, path)
+            try:
+                if held is None or held.commit != commit or \
+                        not repo.index_as_committed(path, commit):
+                    slot.prove()
+                yield slot
+            except BaseException:
+                os.close(fd)
+                raise
+            _HELD.give_back(fd, path)
+        finally:
+            _HELD.returned(directory)
 
     def prune(self, repos: dict[str, GitRepo]) -> int:
         """Start-up: remove slots nobody holds that cannot be trusted any more, and folders
@@ -198,8 +208,10 @@ class Slot:
     def prove(self) -> None:
         """Reset the slot to ``commit`` and prove it clean, whatever was done in it since
         (an apply, a commit: they are undone); re-added when it cannot be trusted."""
+        started = time.monotonic()
         self._pool._prepare(self._repo_name, self._repo, self.path, self.commit)
         self.trusted = True
+        _HELD.reset_took(self.path.parent, time.monotonic() - started)
 
 
 @dataclass
@@ -217,8 +229,46 @@ class _HeldSlots:
     (``worktrees/<repo>``), oldest first."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._held: dict[Path, list[_HeldSlot]] = {}
+        self._in_use: dict[Path, int] = {}          # per folder, slots checked out here now
+        self._reset_s: dict[Path, float] = {}       # per folder, what the last reset took
+
+    def checked_out(self, directory: Path) -> None:
+        with self._lock:
+            self._in_use[directory] = self._in_use.get(directory, 0) + 1
+
+    def returned(self, directory: Path) -> None:
+        """A slot checked out of ``directory`` is no longer in use (given back or not)."""
+        with self._lock:
+            self._in_use[directory] -= 1
+            self._lock.notify_all()
+
+    def reset_took(self, directory: Path, seconds: float) -> None:
+        with self._lock:
+            self._reset_s[directory] = seconds
+
+    def take_at(self, directory: Path, commit: str) -> _HeldSlot | None:
+        """A slot given back at ``commit``, else the newest one (as :meth:`take`). While
+        this process uses a slot of ``directory`` (the request below, at its check, will give
+        it back at its own commit: this caller's ``commit``), waits for it at most as long
+        as the last reset of a slot there took: waiting longer costs more than resetting
+        another slot, and never waiting resets a slot for every request a second worker
+        builds on the first's commit."""
+        with self._lock:
+            deadline = time.monotonic() + self._reset_s.get(directory, DEFAULT_RESET_S)
+            while True:
+                waiting = self._held.get(directory, [])
+                at = next((h for h in reversed(waiting) if h.commit == commit), None)
+                if at is not None:
+                    waiting.remove(at)
+                    if not waiting:
+                        del self._held[directory]
+                    return at
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._in_use.get(directory):
+                    return self.take(directory)
+                self._lock.wait(left)
 
     def give_back(self, fd: int, path: Path) -> None:
         """Keep the slot locked for the next checkout; closes ``fd`` in the end."""
@@ -231,6 +281,7 @@ class _HeldSlots:
             self._held.setdefault(path.parent, []).append(
                 _HeldSlot(fd, path, commit, time.monotonic()))
             evicted = self._over_limit()
+            self._lock.notify_all()
         for old in evicted:
             os.close(old.fd)
 
