@@ -364,7 +364,7 @@ def _object(repo: Any, sha: bytes) -> Any:
 
     if valid_hexsha(sha):
         try:
-            return ShaFile.from_path(hex_to_filename(repo.object_store.path, sha))
+            return ShaFile.from_path(hex_to_filename(repo.object_store.path, sha.decode()))
         except FileNotFoundError:
             pass
     return repo.object_store[sha]
