@@ -163,44 +163,56 @@ def _admin_dir(worktree: Path) -> Path | None:
 
 
 #: Per pool worktree, the index file its last commit was written from (see _index_mark).
-_COMMITTED_INDEX: dict[Path, tuple[str, tuple[int, int, int, int, bytes]]] = {}
+_COMMITTED_INDEX: dict[Path, tuple[str, _IndexMark]] = {}
 
 
-def _index_mark(worktree: Path) -> tuple[int, int, int, int, bytes] | None:
-    """What identifies the worktree's index file as written: its inode, size, times and
-    trailing checksum (git rewrites an index through a new file, never in place)."""
-    admin = _admin_dir(worktree)
+@dataclass(frozen=True)
+class _IndexMark:
+    """What identifies an index file as written: its inode, size, times and trailing
+    checksum (git rewrites an index through a new file, never in place), and the version in
+    its header."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    checksum: bytes
+    version: int | None
+
+
+def _index_mark(admin: Path | None) -> _IndexMark | None:
+    """The mark of the index in ``admin`` (a worktree's folder in the repository), read
+    with one open; None when there is none."""
     if admin is None:
         return None
     try:
-        with open(admin / "index", "rb") as index:
-            st = os.fstat(index.fileno())
-            index.seek(max(0, st.st_size - 32))
-            tail = index.read()
+        fd = os.open(admin / "index", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, tail
+    try:
+        st = os.fstat(fd)
+        header = os.pread(fd, 8, 0)
+        checksum = os.pread(fd, 32, max(0, st.st_size - 32))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    version = int.from_bytes(header[4:], "big") if header[:4] == b"DIRC" else None
+    return _IndexMark(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, checksum, version)
 
 
-def _index_as_committed(worktree: Path, commit: str) -> bool:
+def _index_as_committed(worktree: Path, commit: str, admin: Path | None = None) -> bool:
     """The worktree's index is the very file this process wrote ``commit`` from, and of
     version 2 (which cannot mark a file skip-worktree or assume-unchanged)."""
     mark = _COMMITTED_INDEX.get(worktree)
-    return (mark is not None and mark[0] == commit and mark[1] == _index_mark(worktree)
-            and _index_version(worktree) == 2)
+    return (mark is not None and mark[0] == commit and mark[1].version == 2
+            and mark[1] == _index_mark(admin or _admin_dir(worktree)))
 
 
 def _index_version(worktree: Path) -> int | None:
     """The version in the worktree's index header; None when it cannot be read."""
-    admin = _admin_dir(worktree)
-    if admin is None:
-        return None
-    try:
-        with open(admin / "index", "rb") as index:
-            header = index.read(8)
-    except OSError:
-        return None
-    return int.from_bytes(header[4:], "big") if header[:4] == b"DIRC" else None
+    mark = _index_mark(_admin_dir(worktree))
+    return mark.version if mark is not None else None
 
 
 def detached_head(worktree: Path, admin: Path | None = None) -> str | None:
@@ -214,11 +226,11 @@ def detached_head(worktree: Path, admin: Path | None = None) -> str | None:
     return head if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", head) else None
 
 
-def _move_detached_head(worktree: Path, old: str, new: str) -> bool:
+def _move_detached_head(worktree: Path, old: str, new: str, admin: Path | None = None) -> bool:
     """Move a pool worktree's detached HEAD from ``old`` to ``new`` as update-ref would (a
     lock file renamed over HEAD), without its process; False when HEAD is not ``old`` or
     is locked, for git to decide. The slot's HEAD reflog is not kept: nobody reads it."""
-    admin = _admin_dir(worktree)
+    admin = admin or _admin_dir(worktree)
     if admin is None or detached_head(worktree, admin) != old:
         return False
     try:
@@ -421,8 +433,9 @@ class GitRepo:
         ``commit`` and the very index file this process committed ``commit`` from (so
         nothing is staged and no file is marked skip-worktree), all read without git. What
         the worktree's files hold is left to prove (:meth:`commit_proving_clean`)."""
-        return (self.worktree_link_problem(path) is None and detached_head(path) == commit
-                and _index_as_committed(path, commit))
+        admin = self._linked_admin(path)
+        return (admin is not None and detached_head(path, admin) == commit
+                and _index_as_committed(path, commit, admin))
 
     @staticmethod
     def _left_over(path: Path, commit: str) -> str | None:
@@ -460,24 +473,37 @@ class GitRepo:
         return None
 
     def worktree_link_problem(self, path: Path) -> str | None:
+        """Why the worktree at ``path`` is not a sound worktree of this repository; None."""
+        return self._link(path)[1]
+
+    def _linked_admin(self, path: Path) -> Path | None:
+        """The slot's folder in this repository when its link is sound, else None."""
+        admin, problem = self._link(path)
+        return admin if problem is None else None
+
+    def _link(self, path: Path) -> tuple[Path | None, str | None]:
+        """(the worktree's folder in the repository, None) when ``path``'s ``.git`` file
+        and git's record of the worktree agree, else (None, what is wrong)."""
         try:
+            if path.joinpath(".git").is_symlink():
+                return None, "its .git is not a gitdir file"
             text = (path / ".git").read_text()
         except (OSError, UnicodeDecodeError):
-            return "its .git file is missing or unreadable"
-        if (path / ".git").is_symlink() or not text.startswith("gitdir: "):
-            return "its .git is not a gitdir file"
+            return None, "its .git file is missing or unreadable"
+        if not text.startswith("gitdir: "):
+            return None, "its .git is not a gitdir file"
         admin = Path(text[len("gitdir: "):].strip())
         if not self._in_worktrees(admin):
-            return "its .git file points outside this repository's worktrees"
+            return None, "its .git file points outside this repository's worktrees"
         try:
             back = Path((admin / "gitdir").read_text().strip())
         except OSError:
-            return "git no longer knows this worktree"
+            return None, "git no longer knows this worktree"
         # The same path as written needs no resolving (the slot's own path, as git recorded
         # it when hyperion added it): each resolve costs a stat of every folder on the way.
         if back != path / ".git" and back.resolve() != (path / ".git").resolve():
-            return "git registers this worktree for another folder"
-        return None
+            return None, "git registers this worktree for another folder"
+        return admin, None
 
     def _in_worktrees(self, admin: Path) -> bool:
         """Whether ``admin`` is (resolved) a folder right inside this repository's
@@ -536,9 +562,10 @@ class GitRepo:
 
     def _commit_written(self, worktree: Path, tree: str, parent: str, message: str,
                         author: tuple[str, str], author_date: str | None) -> str:
-        mark = _index_mark(worktree)
+        admin = _admin_dir(worktree)
+        mark = _index_mark(admin)
         sha = self.commit_tree(tree, parent, message, author, author_date)
-        if not _move_detached_head(worktree, parent, sha):
+        if not _move_detached_head(worktree, parent, sha, admin):
             git(["update-ref", "--no-deref", "HEAD", sha], cwd=worktree)
         if mark is not None:
             _COMMITTED_INDEX[worktree] = (sha, mark)
