@@ -67,7 +67,7 @@ def test_the_slot_at_its_commit_is_handed_out_unproven_and_proven_beside_the_wri
         assert GitRepo.try_apply(path, _edit("b.txt", "beta\n", "BETA\n")) is None
         second = repo.commit_proving_clean(path, commit, "second\n", AUTHOR)
         assert second is not None
-        assert calls == ["apply", "ls-files", "write-tree"]
+        assert calls == ["apply", "write-tree", "ls-files"]
     assert git(path, "rev-parse", "HEAD").strip() == second
     assert git(repo.git_dir, "show", f"{second}:b.txt") == "BETA\n"
     assert git(path, "status", "--porcelain", "--ignored") == ""
@@ -295,3 +295,16 @@ def test_the_worktree_link_is_judged_as_resolved_however_it_is_written(
         assert problem is None
     else:
         assert problem is not None and expected in problem
+
+
+def test_a_write_tree_that_fails_beside_the_proof_is_git_s_error(tmp_path: Path) -> None:
+    repo, pool, commit, path = _held_slot(tmp_path)
+    with pool.checkout_unproven("demo", repo, commit) as slot:
+        assert not slot.trusted
+        blob = git(path, "hash-object", "-w", "a.txt").strip()
+        unmerged = (f"0 {'0' * 40}\ta.txt\n100644 {blob} 1\ta.txt\n"
+                    f"100644 {blob} 2\ta.txt\n")
+        subprocess.run(["git", "update-index", "--index-info"], input=unmerged.encode(),
+                       cwd=path, check=True)
+        with pytest.raises(gitops.GitError, match="write-tree"):
+            repo.commit_proving_clean(path, commit, "unmerged\n", AUTHOR)

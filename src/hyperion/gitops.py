@@ -87,12 +87,13 @@ def git(args: Sequence[str], *, cwd: Path, input: bytes | None = None,
     return proc
 
 
-def _start(args: Sequence[str], *, cwd: Path) -> subprocess.Popen[bytes]:
-    """git started and left running (its output piped), for a caller that does something
-    else meanwhile."""
+def _start(args: Sequence[str], *, cwd: Path, stderr: bool = False
+           ) -> subprocess.Popen[bytes]:
+    """git started and left running (its output piped, and its errors with ``stderr``),
+    for a caller that does something else meanwhile."""
     return subprocess.Popen([_program(), *SAFE_CONFIG, *args], cwd=cwd, env=_env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE if stderr else subprocess.DEVNULL)
 
 
 def _out(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -550,15 +551,20 @@ class GitRepo:
         (pool.py): while git writes the tree, ls-files proves the worktree holds the index
         and nothing else (no untracked, ignored, modified or deleted file, no empty folder).
         None when it does not: nothing is committed, and the slot must be reset."""
-        leftovers = _start(["ls-files", "-z", "--others", "--directory", "--modified",
-                            "--deleted"], cwd=worktree)
+        # The write-tree is started first: the commit waits for it, not for the listing.
+        writing = _start(["write-tree"], cwd=worktree, stderr=True)
         try:
-            tree = _out(["write-tree"], cwd=worktree)
-        finally:
+            leftovers = _start(["ls-files", "-z", "--others", "--directory", "--modified",
+                                "--deleted"], cwd=worktree)
             listed, _ = leftovers.communicate()
+        finally:
+            written, error = writing.communicate()
+        if writing.returncode != 0:
+            raise GitError(["write-tree"], writing.returncode, error.decode(errors="replace"))
         if leftovers.returncode != 0 or listed:
             return None
-        return self._commit_written(worktree, tree, parent, message, author, author_date)
+        return self._commit_written(worktree, written.decode().strip(), parent, message,
+                                    author, author_date)
 
     def _commit_written(self, worktree: Path, tree: str, parent: str, message: str,
                         author: tuple[str, str], author_date: str | None) -> str:
