@@ -322,3 +322,40 @@ def test_waiting_for_one_target_does_not_wait_for_another() -> None:
     stage.abandon(checking)
     assert done.wait(30)
     stage.close()
+
+
+def test_the_ref_does_not_move_when_where_the_change_applied_could_not_be_written(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker writes where a change applied (the start of the exactly-once search after
+    a crash) behind, while the landing stage lands the one before; the stage waits for that
+    write, and when it failed the change does not land then: it is tried again."""
+    app = _queued(setup, "first-3")
+    before = setup.main_sha()
+    real_update = app.records._update
+    failed: list[str] = []
+
+    def failing_update(record_id: str, updates: dict[str, Any]) -> Record:
+        if "applied_onto" in updates and not failed:
+            failed.append(record_id)
+            raise OSError(28, "No space left on device")
+        return real_update(record_id, updates)
+
+    monkeypatch.setattr(app.records, "_update", failing_update)
+    stage = LandStage()
+    worker = Worker(app, "w0", stage=stage)
+    try:
+        assert worker.run_one()
+        assert worker.settle()
+        assert failed == ["first-3"]
+        assert setup.main_sha() == before                 # nothing landed without it
+        record = app.records.get("first-3")
+        assert record is not None and record.state.value == "queued", record
+        assert record.error is not None and "No space left" in record.error.message
+        # Tried again (after its backoff), it lands, with where it applied on record.
+        _wait_for(lambda: (worker.run_one() and worker.settle()) or
+                  (app.records.get("first-3") or record).state.value == "landed")
+    finally:
+        stage.close()
+    landed = setup.record("first-3")
+    assert landed["state"] == "landed" and landed["applied_onto"] == before
+    assert setup.main_sha() == landed["landed_commit"]

@@ -114,3 +114,30 @@ def test_no_check_runs_before_its_request_is_marked_running_on_disk(setup: Setup
     record = setup.record("look-1")
     assert record["state"] == "landed", record
     assert [h["to"] for h in record["history"]] == ["queued", "running", "landed"]
+
+
+def test_an_update_written_behind_is_on_disk_once_written_returns(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path)
+    assert store.create(queued_record("r-4"), b"{}", by="intake", reason="accepted")
+    with record_lock_held_elsewhere(tmp_path, "r-4"):
+        store.update_behind("r-4", applied_onto="a" * 40)
+        time.sleep(0.2)
+        assert _on_disk(tmp_path, "r-4")["applied_onto"] is None   # not yet: lock held
+        waiter = threading.Thread(target=store.written, args=("r-4",))
+        waiter.start()
+        time.sleep(0.2)
+        assert waiter.is_alive()                                    # written() waits
+    waiter.join(30)
+    assert not waiter.is_alive()
+    assert _on_disk(tmp_path, "r-4")["applied_onto"] == "a" * 40
+
+
+def test_an_update_written_behind_that_failed_is_raised_by_written(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path)
+    assert store.create(queued_record("r-5"), b"{}", by="intake", reason="accepted")
+    with record_lock_held_elsewhere(tmp_path, "r-5"):
+        store.update_behind("r-5", applied_onto="b" * 40)
+        (tmp_path / "records" / "r-5.json").unlink()     # gone before the write is made
+    with pytest.raises(KeyError):
+        store.written("r-5")
+    store.written("r-5")                                  # raised once, then forgotten

@@ -42,13 +42,12 @@ class Retry(Exception):
 @dataclass(frozen=True)
 class Landing:
     """A checked commit still to land: ``place`` (its target and commit) by ``lander``,
-    from ``tip``, the commit it was applied onto, after ``record_fields`` (where it applied,
-    its check results) are written to its record."""
+    from ``tip``, the commit it was applied onto, once its record holds where it applied and
+    its check results (written behind by the worker: RecordStore.written)."""
 
     place: Place
     lander: Lander
     tip: str
-    record_fields: dict[str, object]
 
 
 @dataclass(frozen=True)

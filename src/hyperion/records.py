@@ -6,10 +6,16 @@ the audit log. The original bytes a request arrived as are kept beside its recor
 
 A transition may be written behind (``RecordStore.transition_behind``): a thread of the
 store writes it while the caller goes on. The worker marks a request ``running`` that way:
-nothing depends on that mark surviving a crash (the spool's lease does). It calls ``flush()``
+nothing depends on that mark surviving a crash (the spool's lease does). It calls ``settle()``
 before any check runs, so a check that kills hyperion still finds its request marked running
 (and the attempt counts as a crash). In the process every other read or write of that record
 waits for it, so the record reads as if written at once and its history keeps its order.
+
+A field update may be written behind too (``RecordStore.update_behind``) when its writer needs
+it on disk only later: the worker writes where a change applied and its check results that
+way when it hands the change to the landing stage, which waits for it (``written``, which
+raises if the write failed) before the ref moves, so the durable write runs while the stage
+is still landing the change before.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import logging
 import os
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -161,6 +167,7 @@ class RecordStore:
         # record the last one asked (the earlier ones are done before it).
         self._behind: ThreadPoolExecutor | None = None
         self._pending: dict[str, Future[None]] = {}
+        self._failed: dict[str, BaseException] = {}    # updates written behind that failed
         self._pending_guard = threading.Lock()
 
     @contextmanager
@@ -178,6 +185,10 @@ class RecordStore:
         stripe = zlib.crc32(record_id.encode()) % LOCK_STRIPES
         with exclusive(self.root / f".lock.{stripe}"):
             yield
+
+    def settle(self, record_id: str) -> None:
+        """Wait for what this process is writing behind for ``record_id``."""
+        self._settle(record_id)
 
     def _settle(self, record_id: str) -> None:
         """Wait for the transitions of ``record_id`` this process is writing behind."""
@@ -241,13 +252,38 @@ class RecordStore:
         current = self.get(record_id)
         if current is None:
             raise KeyError(record_id)
+        self._submit(record_id, self._write_behind, record_id, to, by, reason, at, updates)
+        return _moved(current, to, by, reason, at, None, updates)[0]
+
+    def update_behind(self, record_id: str, **updates: Any) -> None:
+        """:meth:`update`, written behind (see the module's docstring); :meth:`written` waits
+        for it and raises what it failed with."""
+        def write() -> None:
+            try:
+                with self._lock_only(record_id):
+                    self._update(record_id, updates)
+            except BaseException as exc:
+                with self._pending_guard:
+                    self._failed[record_id] = exc
+                raise
+
+        self._submit(record_id, write)
+
+    def written(self, record_id: str) -> None:
+        """Wait until what this process writes behind for ``record_id`` is on disk; raise
+        the error of an update written behind that failed."""
+        self._settle(record_id)
+        with self._pending_guard:
+            failed = self._failed.pop(record_id, None)
+        if failed is not None:
+            raise failed
+
+    def _submit(self, record_id: str, fn: Callable[..., None], *args: Any) -> None:
         with self._pending_guard:
             if self._behind is None:
                 self._behind = ThreadPoolExecutor(1, thread_name_prefix="records-behind")
-            self._pending[record_id] = future = self._behind.submit(
-                self._write_behind, record_id, to, by, reason, at, updates)
+            self._pending[record_id] = future = self._behind.submit(fn, *args)
         future.add_done_callback(lambda done: self._forget(record_id, done))
-        return _moved(current, to, by, reason, at, None, updates)[0]
 
     def _transition(self, record_id: str, to: State, by: str, reason: str, at: str,
                     timings: dict[str, float] | None, updates: dict[str, Any]) -> Record:
@@ -277,12 +313,16 @@ class RecordStore:
     def update(self, record_id: str, **updates: Any) -> Record:
         """Change fields without a state transition (e.g. check results while running)."""
         with self._locked(record_id):
-            record = self._read(record_id)
-            if record is None:
-                raise KeyError(record_id)
-            record = record.model_copy(update={**updates, "updated_at": now_iso()})
-            write_atomic(self._path(record_id), _dump(record))
-            return record
+            return self._update(record_id, updates)
+
+    def _update(self, record_id: str, updates: dict[str, Any]) -> Record:
+        """The update itself, with the record's lock held."""
+        record = self._read(record_id)
+        if record is None:
+            raise KeyError(record_id)
+        record = record.model_copy(update={**updates, "updated_at": now_iso()})
+        write_atomic(self._path(record_id), _dump(record))
+        return record
 
     def all(self) -> list[Record]:
         out = []

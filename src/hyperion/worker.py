@@ -302,7 +302,7 @@ class Worker:
     def _land(self, record: Record, landing_: Landing, timings: Timings) -> Result:
         """The landing stage's part of a handed request (in its thread)."""
         place = landing_.place
-        self.app.records.update(record.id, **landing_.record_fields)
+        self.app.records.written(record.id)      # where it applied: see _apply_and_check
         with timings.step("land"):
             landing_.lander.land(record, place.target, place.commit, landing_.tip)
         return Result(State.LANDED, place.commit, landing_.lander.landed_ref(record))
@@ -379,10 +379,13 @@ class Worker:
                                                  "apply_method": applied.method}
             results = self._run_checks(request, record, worktree, timings, applied_fields)
         # The slot is given back before this: the one durable write before the
-        # land, since the exactly-once search after a crash starts at applied_onto.
+        # land, since the exactly-once search after a crash starts at applied_onto. Handed
+        # to the landing stage, it is written behind while the stage lands the change
+        # before, and the stage waits for it before the ref moves (_land).
         fields = {"checks": results, **applied_fields}
         if place is not None:
-            return Result(State.LANDED, commit, landing=Landing(place, lander, tip, fields))
+            self.app.records.update_behind(record.id, **fields)
+            return Result(State.LANDED, commit, landing=Landing(place, lander, tip))
         self.app.records.update(record.id, **fields)
         if dry_run:
             return Result(State.VERIFIED, commit)
@@ -481,7 +484,7 @@ class Worker:
         ``record_id``'s artifacts. Returns the results and why they failed (None: green)."""
         # A check that kills hyperion must find its request marked running, so that the
         # attempt counts as a crash (records.py: the mark may be written behind).
-        self.app.records.flush()
+        self.app.records.settle(record_id)
         results: list[CheckResult] = []
         for name in names:
             check = self.app.config.checks.get(name)
