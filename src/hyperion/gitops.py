@@ -548,34 +548,51 @@ class GitRepo:
                              author: tuple[str, str],
                              author_date: str | None = None) -> str | None:
         """:meth:`commit`, for a slot whose last check may have left something behind
-        (pool.py): while git writes the tree, ls-files proves the worktree holds the index
-        and nothing else (no untracked, ignored, modified or deleted file, no empty folder).
-        None when it does not: nothing is committed, and the slot must be reset."""
-        # The write-tree is started first: the commit waits for it, not for the listing.
+        (pool.py): while git writes the tree and the commit object is made, ls-files proves
+        the worktree holds the index and nothing else (no untracked, ignored, modified or
+        deleted file, no empty folder). None when it does not: HEAD stays (the commit object
+        made is left to nothing), and the slot must be reset."""
+        # The write-tree is started first, and the commit object made while the listing
+        # runs: the commit waits for the tree only.
         writing = _start(["write-tree"], cwd=worktree, stderr=True)
+        leftovers: subprocess.Popen[bytes] | None = None
         try:
             leftovers = _start(["ls-files", "-z", "--others", "--directory", "--modified",
                                 "--deleted"], cwd=worktree)
-            listed, _ = leftovers.communicate()
-        finally:
             written, error = writing.communicate()
-        if writing.returncode != 0:
-            raise GitError(["write-tree"], writing.returncode, error.decode(errors="replace"))
+            if writing.returncode != 0:
+                raise GitError(["write-tree"], writing.returncode,
+                               error.decode(errors="replace"))
+            admin = _admin_dir(worktree)
+            mark = _index_mark(admin)
+            sha = self.commit_tree(written.decode().strip(), parent, message, author,
+                                   author_date)
+        finally:
+            if writing.returncode is None:
+                writing.communicate()
+            listed, _ = leftovers.communicate() if leftovers is not None else (b"", None)
         if leftovers.returncode != 0 or listed:
             return None
-        return self._commit_written(worktree, written.decode().strip(), parent, message,
-                                    author, author_date)
+        self._head_moved(worktree, parent, sha, admin, mark)
+        return sha
 
     def _commit_written(self, worktree: Path, tree: str, parent: str, message: str,
                         author: tuple[str, str], author_date: str | None) -> str:
         admin = _admin_dir(worktree)
         mark = _index_mark(admin)
         sha = self.commit_tree(tree, parent, message, author, author_date)
+        self._head_moved(worktree, parent, sha, admin, mark)
+        return sha
+
+    @staticmethod
+    def _head_moved(worktree: Path, parent: str, sha: str, admin: Path | None,
+                    mark: _IndexMark | None) -> None:
+        """The worktree's HEAD moved from ``parent`` to its new commit ``sha``, written from
+        the index ``mark`` names."""
         if not _move_detached_head(worktree, parent, sha, admin):
             git(["update-ref", "--no-deref", "HEAD", sha], cwd=worktree)
         if mark is not None:
             _COMMITTED_INDEX[worktree] = (sha, mark)
-        return sha
 
     # -- three-way fallback (no worktree needed)
     def apply_to_commit(self, base: str, patch: str) -> tuple[str | None, str]:
