@@ -563,10 +563,8 @@ class GitRepo:
             if writing.returncode != 0:
                 raise GitError(["write-tree"], writing.returncode,
                                error.decode(errors="replace"))
-            admin = _admin_dir(worktree)
-            mark = _index_mark(admin)
-            sha = self.commit_tree(written.decode().strip(), parent, message, author,
-                                   author_date)
+            sha, admin, mark = self._commit_object(worktree, written.decode().strip(), parent,
+                                                   message, author, author_date)
         finally:
             if writing.returncode is None:
                 writing.communicate()
@@ -578,11 +576,19 @@ class GitRepo:
 
     def _commit_written(self, worktree: Path, tree: str, parent: str, message: str,
                         author: tuple[str, str], author_date: str | None) -> str:
-        admin = _admin_dir(worktree)
-        mark = _index_mark(admin)
-        sha = self.commit_tree(tree, parent, message, author, author_date)
+        sha, admin, mark = self._commit_object(worktree, tree, parent, message, author,
+                                               author_date)
         self._head_moved(worktree, parent, sha, admin, mark)
         return sha
+
+    def _commit_object(self, worktree: Path, tree: str, parent: str, message: str,
+                       author: tuple[str, str], author_date: str | None
+                       ) -> tuple[str, Path | None, _IndexMark | None]:
+        """The commit of the worktree's ``tree`` on ``parent`` (not yet its HEAD), the
+        worktree's folder in the repository, and the mark of the index it was written from."""
+        admin = _admin_dir(worktree)
+        mark = _index_mark(admin)
+        return self.commit_tree(tree, parent, message, author, author_date), admin, mark
 
     @staticmethod
     def _head_moved(worktree: Path, parent: str, sha: str, admin: Path | None,

@@ -172,7 +172,7 @@ class RecordStore:
 
     @contextmanager
     def _locked(self, record_id: str) -> Iterator[None]:
-        self._settle(record_id)
+        self.settle(record_id)
         with self._lock_only(record_id):
             yield
 
@@ -188,10 +188,6 @@ class RecordStore:
 
     def settle(self, record_id: str) -> None:
         """Wait for what this process is writing behind for ``record_id``."""
-        self._settle(record_id)
-
-    def _settle(self, record_id: str) -> None:
-        """Wait for the transitions of ``record_id`` this process is writing behind."""
         with self._pending_guard:
             future = self._pending.get(record_id)
         if future is not None:
@@ -211,7 +207,7 @@ class RecordStore:
         return self.root / f"{record_id}.request"
 
     def get(self, record_id: str) -> Record | None:
-        self._settle(record_id)
+        self.settle(record_id)
         return self._read(record_id)
 
     def _read(self, record_id: str) -> Record | None:
@@ -272,7 +268,7 @@ class RecordStore:
     def written(self, record_id: str) -> None:
         """Wait until what this process writes behind for ``record_id`` is on disk; raise
         the error of an update written behind that failed."""
-        self._settle(record_id)
+        self.settle(record_id)
         with self._pending_guard:
             failed = self._failed.pop(record_id, None)
         if failed is not None:
