@@ -542,7 +542,10 @@ class GitRepo:
                author_date: str | None = None) -> str:
         """Commit the worktree's index on ``parent`` (its HEAD); HEAD moves there."""
         tree = _out(["write-tree"], cwd=worktree)
-        return self._commit_written(worktree, tree, parent, message, author, author_date)
+        sha, admin, mark = self._commit_object(worktree, tree, parent, message, author,
+                                               author_date)
+        self._head_moved(worktree, parent, sha, admin, mark)
+        return sha
 
     def commit_proving_clean(self, worktree: Path, parent: str, message: str,
                              author: tuple[str, str],
@@ -571,13 +574,6 @@ class GitRepo:
             listed, _ = leftovers.communicate() if leftovers is not None else (b"", None)
         if leftovers.returncode != 0 or listed:
             return None
-        self._head_moved(worktree, parent, sha, admin, mark)
-        return sha
-
-    def _commit_written(self, worktree: Path, tree: str, parent: str, message: str,
-                        author: tuple[str, str], author_date: str | None) -> str:
-        sha, admin, mark = self._commit_object(worktree, tree, parent, message, author,
-                                               author_date)
         self._head_moved(worktree, parent, sha, admin, mark)
         return sha
 
