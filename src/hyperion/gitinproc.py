@@ -49,13 +49,16 @@ class InProcessGit:
     """Refs, tree entries and commit objects of one repository; None from any method means
     "ask git"."""
 
-    def __init__(self, git_dir: Path) -> None:
+    def __init__(self, git_dir: Path, *, bare: bool = True) -> None:
         self.git_dir = git_dir
+        self.bare = bare      # as git sees it (dulwich calls any git folder opened bare)
         self._lock = threading.Lock()
         self._repo: Any = None
         self._broken = False
-        self._encoding_key: tuple[tuple[int, int, int] | None, ...] | None = None
+        self._encoding_key: _ConfigKey | None = None
         self._utf8 = False
+        self._ref_key: _ConfigKey | None = None
+        self._log_setting: str | None = None
         # Objects never change under their id: the trees and commit roots read last are
         # kept (every request the gate reviews against the same tip reads the same trees).
         self._trees: dict[bytes, Any] = {}
@@ -285,13 +288,72 @@ class InProcessGit:
                 return None
         return str(obj.id.decode())
 
+    def swap_ref(self, ref: str, new: str, old: str | None, message: str,
+                 committer: tuple[str, str]) -> bool | None:
+        """``git update-ref -m message ref new old`` in-process (refswap); None: ask git."""
+        from hyperion.refswap import Reflog, should_autocreate, swap
+
+        with self._lock:
+            repo = self._open()
+            setting = self._ref_setting(repo) if repo is not None else None
+        if setting is None:
+            return None
+        return swap(self.git_dir, ref, new, old,
+                    Reflog(should_autocreate(setting, ref), committer, message),
+                    lambda commit: self._committed_by(commit, committer))
+
+    def _committed_by(self, commit: str, committer: tuple[str, str]) -> bool:
+        """Whether ``commit`` is a commit object whose committer is ``committer``."""
+        with self._lock:
+            repo = self._open()
+            if repo is None:
+                return False
+            try:
+                kind, raw = _raw(repo, commit.encode())
+            except Exception:
+                return False
+        if kind != _COMMIT:
+            return False
+        header = raw.split(b"\n\n", 1)[0]
+        want = f"committer {committer[0]} <{committer[1]}> ".encode()
+        return any(line.startswith(want) for line in header.split(b"\n"))
+
+    def _ref_setting(self, repo: Any) -> str | None:
+        """core.logAllRefUpdates as git would take it here ("always", "true", "false"), or
+        None where git writes refs in some other way than refswap does: a linked worktree's
+        folder, a per-worktree configuration, a shared repository (its permissions), a value
+        git would refuse. Cached until a configuration file changes."""
+        key = self._config_key((self.git_dir / "commondir", self.git_dir / "config.worktree"))
+        if self._ref_key == key:
+            return self._log_setting
+        setting: str | None = None
+        if key[-2:] == (None, None):
+            try:
+                config = repo.get_config_stack()
+                shared = _setting(config, b"sharedRepository")
+                logs = _setting(config, b"logAllRefUpdates")
+            except Exception:
+                shared = logs = b"?"
+            if shared is None or shared.lower() in _NOT_SHARED:
+                if logs is None:
+                    setting = "false" if self.bare else "true"
+                elif logs.lower() in _TRUE | _FALSE | {b"always"}:
+                    setting = ("true" if logs.lower() in _TRUE else
+                               "false" if logs.lower() in _FALSE else "always")
+        self._ref_key, self._log_setting = key, setting
+        return setting
+
+    def _config_key(self, more: Sequence[Path] = ()) -> _ConfigKey:
+        """The state of every configuration file git reads here (and of ``more``)."""
+        return tuple(_stat_key(path) for path in (
+            self.git_dir / "config", Path.home() / ".gitconfig",
+            Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "git/config",
+            Path("/etc/gitconfig"), *more))
+
     def _utf8_commits(self, repo: Any) -> bool:
         """Whether git would write commits without an encoding header (no i18n.commitEncoding
         other than UTF-8 in any configuration it reads); cached until one of them changes."""
-        key = tuple(_stat_key(path) for path in (
-            self.git_dir / "config", Path.home() / ".gitconfig",
-            Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "git/config",
-            Path("/etc/gitconfig")))
+        key = self._config_key()
         if self._encoding_key == key:
             return self._utf8
         try:
@@ -384,6 +446,20 @@ def _extensions(repo: Any) -> set[bytes]:
         return {name.lower() for name, _ in repo.get_config().items((b"extensions",))}
     except KeyError:
         return set()
+
+
+_ConfigKey = tuple[tuple[int, int, int] | None, ...]
+_TRUE = {b"true", b"yes", b"on", b"1"}
+_FALSE = {b"false", b"no", b"off", b"0", b""}
+_NOT_SHARED = {b"false", b"no", b"off", b"", b"umask"}    # git refuses "0" there
+
+
+def _setting(config: Any, name: bytes) -> bytes | None:
+    try:
+        value = config.get((b"core",), name)
+    except KeyError:
+        return None
+    return value if isinstance(value, bytes) else b"?"
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:

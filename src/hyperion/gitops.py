@@ -31,6 +31,7 @@ SAFE_CONFIG = (
     "-c", "maintenance.auto=false",
 )
 COMMITTER = ("hyperion", "hyperion@localhost")
+_COMMITTER_ENV = {"GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
 ZERO_OID = "0" * 40
 NOTE_ATTEMPTS = 50
 _ARGV_BUDGET = 64 * 1024   # bytes of paths per git command line (ARG_MAX is far above)
@@ -281,7 +282,8 @@ class GitRepo:
         self.bare = bare == "true"
         # Reads through a quarantine folder stay with git (gitinproc uses the repository's own
         # objects only).
-        self._inproc = None if self.objects_env else InProcessGit(self.git_dir)
+        self._inproc = None if self.objects_env else InProcessGit(self.git_dir,
+                                                                  bare=self.bare)
         self._toplevel: Path | None = None      # of a non-bare repository, learnt once
         self._worktrees_dir: Path | None = None  # git_dir/worktrees resolved, learnt once
 
@@ -619,8 +621,7 @@ class GitRepo:
                                             COMMITTER)
             if sha is not None:
                 return sha
-        env = {"GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1],
-               "GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
+        env = {"GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1], **_COMMITTER_ENV}
         if author_date is not None:
             env["GIT_AUTHOR_DATE"] = author_date
         return git(["commit-tree", tree, *(arg for p in parents for arg in ("-p", p)),
@@ -1102,9 +1103,15 @@ class GitRepo:
                    check=False).returncode == 0
 
     def set_ref(self, ref: str, new: str, old: str | None, reason: str) -> bool:
-        """Compare-and-swap any ref (``old`` None: it must not exist yet)."""
+        """Compare-and-swap any ref (``old`` None: it must not exist yet), in-process where
+        that is certain to do what git does (refswap), else with git. Its reflog names
+        hyperion as who moved it."""
+        if self._inproc is not None:
+            moved = self._inproc.swap_ref(ref, new, old, reason, COMMITTER)
+            if moved is not None:
+                return moved
         return git(["update-ref", "-m", reason, ref, new, old or ZERO_OID], cwd=self.git_dir,
-                   check=False).returncode == 0
+                   env=_COMMITTER_ENV, check=False).returncode == 0
 
 
 # A notes tree's folders read for one write: path ("" the root, "ab", "ab/cd") -> its entries
