@@ -128,14 +128,14 @@ def test_a_lock_held_by_someone_else_is_left_alone(bare: Path) -> None:
     lock.write_text(f"{a}\n")       # a live writer's, or an old one that is not hyperion's
     assert not repo.set_ref("refs/heads/main", a, old, "blocked")
     assert lock.exists() and git(bare, "rev-parse", "main").strip() == old
-    past = time.time() - 3600
+    past = refswap._STARTED - 3600
     os.utime(lock, (past, past))
     assert not repo.set_ref("refs/heads/main", a, old, "not hyperion's commit")
     assert lock.exists()
 
 
 def test_a_lock_left_by_a_dead_hyperion_is_removed_once_it_is_old(
-        bare: Path, tmp_path: Path) -> None:
+        bare: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A hyperion process killed between taking the lock and renaming it leaves the lock,
     which would block every land on that ref until a person removed it."""
     repo = GitRepo(bare)
@@ -145,15 +145,22 @@ def test_a_lock_left_by_a_dead_hyperion_is_removed_once_it_is_old(
     [later] = _commits(bare, 1)
     lock = bare / "refs/heads/main.lock"
     lock.write_text(f"{ours}\n")
-    assert not repo.set_ref("refs/heads/main", later, old, "too fresh to be stale")
-    past = time.time() - refswap.STALE_LOCK_S - 1
+    # Made while this process runs: a live writer's, whatever it holds.
+    assert not repo.set_ref("refs/heads/main", later, old, "a live lock")
+    # Made before this process started and old enough: the dead process's.
+    past = refswap._STARTED - refswap.STALE_LOCK_S - 1
     os.utime(lock, (past, past))
     assert repo.set_ref("refs/heads/main", later, old, "after the stale lock")
     assert git(bare, "rev-parse", "main").strip() == later
-    lock.write_bytes(b"")           # killed between creating and writing it
-    os.utime(lock, (past, past))
+    # Killed between creating and writing it; made just before this process started: the
+    # swap waits until the lock is STALE_LOCK_S old, then takes over.
+    monkeypatch.setattr(refswap, "STALE_LOCK_S", 0.5)
+    monkeypatch.setattr(refswap, "_STARTED", time.time() + 1)
+    lock.write_bytes(b"")
+    started = time.monotonic()
     assert repo.set_ref("refs/heads/main", ours, later, "after the empty lock")
-    assert not lock.exists()
+    assert time.monotonic() - started >= 0.4
+    assert not lock.exists() and git(bare, "rev-parse", "main").strip() == ours
 
 
 def test_the_reflog_is_kept_where_git_keeps_one(tmp_path: Path, bare: Path) -> None:

@@ -4,8 +4,9 @@ Every request asks the same few questions before it is applied (where its target
 what the target tree holds at the paths the patch touches: tree safety, the policy file) and
 then writes one commit object; its result note reads and writes a few notes folders, note blobs
 and a notes commit. A git process costs 1-3 ms each on a small machine; dulwich does the same
-from the same files in-process in about 0.1 ms. Only these are done here; everything else, and
-every ref the user sees, stays with the git CLI (gitops).
+from the same files in-process in about 0.1 ms. Only these are done here, and the
+configuration refswap needs to move a ref as git would; everything else stays with the git
+CLI (gitops).
 
 It answers only what it can answer exactly as git would, and says "don't know" (None) for
 everything else, so the caller asks git: a ref that is not a well-formed name or does not
@@ -31,6 +32,10 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+# Imported with this module, at start: refswap tells its own locks from an earlier process's
+# by when the process started.
+from hyperion.refswap import Reflog, should_autocreate, swap
 
 _COMMIT = 1     # dulwich's type numbers
 _TREE = 2
@@ -291,8 +296,6 @@ class InProcessGit:
     def swap_ref(self, ref: str, new: str, old: str | None, message: str,
                  committer: tuple[str, str]) -> bool | None:
         """``git update-ref -m message ref new old`` in-process (refswap); None: ask git."""
-        from hyperion.refswap import Reflog, should_autocreate, swap
-
         with self._lock:
             repo = self._open()
             setting = self._ref_setting(repo) if repo is not None else None

@@ -23,10 +23,12 @@ answers None itself for a repository whose refs are not loose files (reftable), 
 configuration changes how refs are written (a shared repository's permissions).
 
 A process killed while it holds the lock leaves the lock behind, and git then refuses every
-update of that ref until someone removes it. The lock is held for the time of one small
-write and fsync, so a lock older than STALE_LOCK_S whose content is hyperion's (a commit
-hyperion wrote, or nothing yet) was left by a hyperion process that died: it is removed
-and the swap goes on. Any other lock is left for its owner.
+update of that ref until someone removes it. A lock made before this process started, whose
+content is hyperion's (a commit hyperion wrote, or nothing yet), was left by the hyperion
+process before this one. A live writer holds a lock for the time of one small write and
+fsync, so once such a lock is STALE_LOCK_S old (the swap waits for that, in the landing
+stage, once after a crash) it is removed and the swap goes on. Any other lock is left for
+its owner, as git leaves it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ log = logging.getLogger("hyperion.git")
 
 ZERO_OID = "0" * 40
 STALE_LOCK_S = 10.0
+_STARTED = time.time()      # imported when the process starts (gitops imports gitinproc)
 #: A ref name every git accepts and stores as the same file name: refs/..., components of
 #: safe characters, none starting with "." or ending with ".lock" (checked below).
 _NAME = re.compile(r"refs(?:/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)+")
@@ -116,18 +119,23 @@ def _take(lock: Path) -> int | None:
 
 
 def _left_by_the_dead(lock: Path, ours: Callable[[str], bool]) -> bool:
-    """Whether ``lock`` was left by a hyperion process that died holding it (see the
-    module's docstring); if so it is removed, and True."""
+    """Whether ``lock`` was left by the hyperion process before this one (see the module's
+    docstring); if so it is removed, once it is STALE_LOCK_S old, and True."""
     try:
         st = os.lstat(lock)
-        if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < STALE_LOCK_S:
+        if not stat.S_ISREG(st.st_mode) or st.st_mtime >= _STARTED:
             return False
         with open(lock, "rb") as f:
             content = f.read(128)
         match = _LOOSE.fullmatch(content)
         if content and (match is None or not ours(match.group(1).decode())):
             return False
-        if os.lstat(lock).st_ino != st.st_ino:
+        young = STALE_LOCK_S - (time.time() - st.st_mtime)
+        if young > 0:
+            time.sleep(young)
+        now = os.lstat(lock)
+        if (now.st_ino, now.st_mtime_ns, now.st_size) != (st.st_ino, st.st_mtime_ns,
+                                                          st.st_size):
             return False
         os.unlink(lock)
     except OSError:
