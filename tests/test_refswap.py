@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -243,3 +244,59 @@ def test_answers_and_values_match_git_update_ref(tmp_path_factory: pytest.TempPa
         assert mine == (proc.returncode == 0), (ref, new, old, proc.stderr)
         assert _refs(ours) == _refs(theirs)
     assert not list(ours.rglob("*.lock"))
+
+
+_HOLD_THE_LOCK = """
+import os, sys, time
+from pathlib import Path
+from hyperion import refswap
+from hyperion.gitops import GitRepo
+repo = GitRepo(Path(sys.argv[1]))
+def stuck(fd):                  # killed between writing the lock and renaming it
+    Path(sys.argv[2]).write_text("holding")
+    time.sleep(60)
+refswap.os.fsync = stuck
+repo.set_ref("refs/heads/main", sys.argv[3], sys.argv[4], "killed while landing")
+"""
+
+_LAND_AFTER_RESTART = """
+import sys
+from pathlib import Path
+from hyperion import refswap
+from hyperion.gitops import GitRepo
+refswap.STALE_LOCK_S = 1.0
+print(GitRepo(Path(sys.argv[1])).set_ref("refs/heads/main", sys.argv[2], sys.argv[3], "r"))
+"""
+
+
+def test_a_hyperion_killed_holding_the_lock_does_not_wedge_the_ref(
+        bare: Path, tmp_path: Path) -> None:
+    """kill -9 of a real process between taking the ref's lock and renaming it; the next
+    process lands once the lock is old enough to be its predecessor's."""
+    repo = GitRepo(bare)
+    old = repo.branch_commit("main")
+    assert old is not None
+    tree = git(bare, "rev-parse", "main^{tree}").strip()
+    first = repo.commit_tree(tree, old, "first\n", ("agent", "agent@x.invalid"))
+    second = repo.commit_tree(tree, old, "second\n", ("agent", "agent@x.invalid"))
+    marker = tmp_path / "holding"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(gitops.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_THE_LOCK, str(bare), str(marker),
+                               first, old], env=env)
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert holder.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    holder.kill()
+    holder.wait()
+    assert (bare / "refs/heads/main.lock").read_text() == f"{first}\n"
+    # git itself refuses while the lock is there, as it would for any lock left behind.
+    assert subprocess.run(["git", "update-ref", "refs/heads/main", second, old], cwd=bare,
+                          capture_output=True).returncode != 0
+    restarted = subprocess.run([sys.executable, "-c", _LAND_AFTER_RESTART, str(bare), second,
+                                old], env=env, capture_output=True, text=True, timeout=60)
+    assert restarted.stdout.strip() == "True", restarted.stderr
+    assert "a lock left by a hyperion process that died" in restarted.stderr
+    assert git(bare, "rev-parse", "main").strip() == second
+    assert not (bare / "refs/heads/main.lock").exists()
