@@ -33,6 +33,22 @@ def git(repo: Path, *args: str, check: bool = True) -> str:
     return proc.stdout
 
 
+def count_git_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The argv of every process hyperion's gitops starts with subprocess.run from now on
+    (each still runs)."""
+    from hyperion import gitops
+
+    runs: list[list[str]] = []
+    real_run = subprocess.run
+
+    def counting_run(args: list[str], **kwargs: object) -> object:
+        runs.append(args)
+        return real_run(args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(gitops.subprocess, "run", counting_run)
+    return runs
+
+
 def make_repo(path: Path, files: dict[str, str], *, bare: bool = False) -> Path:
     """A git repository with ``files`` committed on main (bare: a clone of it)."""
     work = path if not bare else path.with_name(path.name + "-src")

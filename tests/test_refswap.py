@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import count_git_runs, git, make_repo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hyperion import gitops, refswap
 from hyperion.gitops import COMMITTER, GitRepo
 from hyperion.refswap import Reflog
-from tests.conftest import git, make_repo
 
 
 def _commits(repo: Path, n: int) -> list[str]:
@@ -28,18 +28,6 @@ def _commits(repo: Path, n: int) -> list[str]:
         parent = git(repo, "commit-tree", tree, "-p", parent, "-m", f"c{i}").strip()
         out.append(parent)
     return out
-
-
-def _git_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    runs: list[list[str]] = []
-    real_run = subprocess.run
-
-    def counting_run(args: list[str], **kwargs: object) -> object:
-        runs.append(args)
-        return real_run(args, **kwargs)  # type: ignore[call-overload]
-
-    monkeypatch.setattr(gitops.subprocess, "run", counting_run)
-    return runs
 
 
 def _refs(repo: Path) -> str:
@@ -60,7 +48,7 @@ def test_a_land_moves_the_ref_in_process_with_no_git_process(
     repo = GitRepo(bare)
     old = repo.branch_commit("main")
     [new] = _commits(bare, 1)
-    runs = _git_runs(monkeypatch)
+    runs = count_git_runs(monkeypatch)
     assert repo.set_ref("refs/heads/main", new, old, "hyperion: land r1")
     assert runs == []
     assert git(bare, "rev-parse", "main").strip() == new

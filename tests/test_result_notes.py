@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BASE_FILES, git, make_repo
+from conftest import BASE_FILES, count_git_runs, git, make_repo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -108,14 +108,7 @@ def test_thirty_outcomes_make_one_notes_commit_that_git_notes_shows(tmp_path: Pa
 
 def test_the_git_processes_of_a_pass_do_not_grow_with_its_notes(
         tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch, writer: str) -> None:
-    runs: list[list[str]] = []
-    real_run = subprocess.run
-
-    def counting_run(args: list[str], **kwargs: object) -> object:
-        runs.append(args)
-        return real_run(args, **kwargs)  # type: ignore[call-overload]
-
-    monkeypatch.setattr(gitops.subprocess, "run", counting_run)
+    runs = count_git_runs(monkeypatch)
     GitRepo(repo).add_notes(REF, {c: ["earlier"] for c in _commits(repo, 20, "e")}, "t")
     used = []
     for n, tag in ((3, "a"), (120, "b")):
