@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyperion.gitinproc import InProcessGit
+from hyperion.refswap import ZERO_OID
 from hyperion.run import find_program
 
 SAFE_CONFIG = (
@@ -32,7 +33,6 @@ SAFE_CONFIG = (
 )
 COMMITTER = ("hyperion", "hyperion@localhost")
 _COMMITTER_ENV = {"GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
-ZERO_OID = "0" * 40
 NOTE_ATTEMPTS = 50
 _ARGV_BUDGET = 64 * 1024   # bytes of paths per git command line (ARG_MAX is far above)
 TRAILER = "Hyperion-Request"
