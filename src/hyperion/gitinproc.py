@@ -312,14 +312,11 @@ class InProcessGit:
             if repo is None:
                 return False
             try:
-                kind, raw = _raw(repo, commit.encode())
+                obj = _object(repo, commit.encode())
             except Exception:
                 return False
-        if kind != _COMMIT:
-            return False
-        header = raw.split(b"\n\n", 1)[0]
-        want = f"committer {committer[0]} <{committer[1]}> ".encode()
-        return any(line.startswith(want) for line in header.split(b"\n"))
+        want = f"{committer[0]} <{committer[1]}>".encode()
+        return bool(obj.type_num == _COMMIT and obj.committer == want)
 
     def _ref_setting(self, repo: Any) -> str | None:
         """core.logAllRefUpdates as git would take it here ("always", "true", "false"), or
@@ -338,11 +335,8 @@ class InProcessGit:
             except Exception:
                 shared = logs = b"?"
             if shared is None or shared.lower() in _NOT_SHARED:
-                if logs is None:
-                    setting = "false" if self.bare else "true"
-                elif logs.lower() in _TRUE | _FALSE | {b"always"}:
-                    setting = ("true" if logs.lower() in _TRUE else
-                               "false" if logs.lower() in _FALSE else "always")
+                setting = (("false" if self.bare else "true") if logs is None
+                           else _LOG_SETTINGS.get(logs.lower()))
         self._ref_key, self._log_setting = key, setting
         return setting
 
@@ -452,8 +446,10 @@ def _extensions(repo: Any) -> set[bytes]:
 
 
 _ConfigKey = tuple[tuple[int, int, int] | None, ...]
-_TRUE = {b"true", b"yes", b"on", b"1"}
-_FALSE = {b"false", b"no", b"off", b"0", b""}
+#: core.logAllRefUpdates as git reads it (a value missing here is one git refuses).
+_LOG_SETTINGS = {**dict.fromkeys((b"true", b"yes", b"on", b"1"), "true"),
+                 **dict.fromkeys((b"false", b"no", b"off", b"0", b""), "false"),
+                 b"always": "always"}
 _NOT_SHARED = {b"false", b"no", b"off", b"", b"umask"}    # git refuses "0" there
 
 
