@@ -278,9 +278,19 @@ class MetricsConfig(_Strict):
                         pattern=r"^[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}$")
 
 
+class IntakeConfig(_Strict):
+    process: bool = Field(True, description=(
+        "`hyperion run` takes the inbox directory in a process of its own, so a burst of "
+        "requests does not slow the workers beside it; false: in a thread of the daemon."))
+    nice: int = Field(10, ge=0, le=19, description=(
+        "How much the intake process lowers its CPU priority (nice), so that landing and "
+        "checks come first when the CPUs are busy."))
+
+
 class Config(_Strict):
     state_dir: Path = Path(".hyperion")
     inbox: Path = Path("inbox")
+    intake: IntakeConfig = Field(default_factory=IntakeConfig)
     workers: int = Field(2, ge=1, le=64)
     max_attempts: int = Field(3, ge=1, le=100,
                               description="Attempts for transient failures before `failed`.")

@@ -1,4 +1,5 @@
-"""`hyperion run`: intake, workers and the sweeper as threads of one process.
+"""`hyperion run`: workers, the landing stage and the sweeper as threads of one process, and
+the inbox's intake in a child process it starts and watches (intake/process.py).
 
 Signals (the handlers only set flags; the main loop acts):
 - TERM, INT: drain. No new leases; in-flight requests finish within ``drain_timeout_s``;
@@ -30,7 +31,8 @@ from hyperion.instances import Registration
 from hyperion.intake.dependencies import reconcile
 from hyperion.intake.git_inbox import start_git_intake, take_git_once
 from hyperion.intake.git_remote import push_all
-from hyperion.intake.inbox import Inbox, InboxWatcher
+from hyperion.intake.inbox import Inbox, InboxThread
+from hyperion.intake.process import IntakeProcess
 from hyperion.land_stage import LandStage
 from hyperion.landing import recover_checkouts
 from hyperion.metrics import METRICS, MetricsServer
@@ -70,22 +72,6 @@ def _recover(app: App) -> None:
     if swept or pruned or requeued:
         log.warning("recovered after an unclean stop: %d lease(s) requeued, %d worktree(s) "
                     "removed, %d notification(s) queued", swept, pruned, requeued)
-
-
-def _warm_up(app: App) -> None:
-    """Pay the first request's one-time costs before READY=1: the schema validators, the
-    secret rules, and each repository opened (its in-process reader with it)."""
-    from hyperion.gate.secrets import rule_ids
-    from hyperion.gitops import GitError, GitRepo
-    from hyperion.requests import load_validators
-
-    load_validators()
-    rule_ids()
-    for name, repo in app.config.repos.items():
-        try:
-            GitRepo.at(repo.path).branch_commit(repo.target)
-        except (GitError, OSError) as exc:
-            log.warning("repository %s (%s) cannot be opened now: %s", name, repo.path, exc)
 
 
 def _timestamp(iso: str) -> float:
@@ -141,6 +127,7 @@ class Daemon:
         self.reloads = {"ok": 0, "refused": 0}
         self.started = time.time()
         self.stage = LandStage()      # shared by the workers (land_stage.py)
+        self.intake: IntakeProcess | InboxThread | None = None
 
     # -- signals: flags only
     def install_signals(self) -> None:
@@ -175,16 +162,11 @@ class Daemon:
     def _run(self, registration: Registration) -> None:
         app = self.app
         _recover(app)
-        _warm_up(app)
-        inbox = Inbox(app)
-        watcher = InboxWatcher(inbox)
-        watcher.start()          # watch first, then scan: no file slips between the two
-        inbox.scan()
-        intake = threading.Thread(target=watcher.run, args=(self.stop,), name="intake",
-                                  daemon=True)
+        intake = self._start_intake()
+        app.warm_up()
         git_watcher, git_threads = start_git_intake(app, self.stop)
         notify = threading.Thread(target=self._deliver, name="notify", daemon=True)
-        threads = [intake, *git_threads, notify]
+        threads = [*git_threads, notify]
         for i in range(self.workers):
             worker = Worker(app, _worker_name(i), stage=self.stage)
             self._busy[worker.name] = None
@@ -193,8 +175,8 @@ class Daemon:
         for t in threads:
             t.start()
         server = self._start_metrics()
-        log.info("running: inbox %s, %d workers, state in %s", inbox.dir, self.workers,
-                 app.config.state_dir)
+        log.info("running: inbox %s, %d workers, state in %s", app.config.inbox,
+                 self.workers, app.config.state_dir)
         self.notifier.ready(self._status_line())
         if self.on_ready is not None:
             self.on_ready()
@@ -222,9 +204,10 @@ class Daemon:
                 next_sweep = time.monotonic() + LOOP_S
             registration.update(self.status())
             self.notifier.status(self._status_line())
-            self._wake.wait(interval)
+            restart_in = intake.supervise()
+            self._wake.wait(interval if restart_in is None else min(interval, restart_in))
             self._wake.clear()
-        self._shutdown(watcher, threads)
+        self._shutdown(intake, threads)
         git_watcher.stop()
         if server is not None:
             server.stop()
@@ -249,11 +232,35 @@ class Daemon:
         log.info("metrics on http://%s/metrics", self.app.config.metrics.listen)
         return server
 
-    def _shutdown(self, watcher: InboxWatcher, threads: list[threading.Thread]) -> None:
+    def _start_intake(self) -> IntakeProcess | InboxThread:
+        """The inbox's intake: in a process of its own (intake/process.py) unless configured
+        otherwise, or when that process cannot get ready; then in a thread of this one."""
+        app = self.app
+        if app.config.intake.process:
+            child = IntakeProcess(app, on_exit=self._wake.set)
+            try:
+                child.start()
+                ready = child.wait_ready()
+            except OSError as exc:
+                log.error("cannot start the intake process: %s", exc)
+                ready = False
+            if ready:
+                self.intake = child
+                return child
+            child.stop(timeout_s=0)
+            log.error("the intake process did not get ready; the inbox is taken by a thread "
+                      "of the daemon instead")
+        thread = InboxThread(app)
+        thread.start()
+        self.intake = thread
+        return thread
+
+    def _shutdown(self, intake: IntakeProcess | InboxThread,
+                  threads: list[threading.Thread]) -> None:
         log.info("stopping: draining the requests in hand (up to %g s)",
                  self.app.config.drain_timeout_s)
         self.notifier.stopping()
-        watcher.stop()
+        intake.stop()
         deadline = time.monotonic() + self.app.config.drain_timeout_s
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
@@ -321,6 +328,8 @@ class Daemon:
         self.app.config = config
         self.app.policy = policy
         self.app.reporter = Reporter(config)
+        if self.intake is not None:
+            self.intake.restart()     # a child process judges with the new pair too
         self.reloads["ok"] += 1
         log.info("reloaded configuration and policy from %s", config.source)
         self.notifier.ready(self._status_line())
@@ -332,6 +341,7 @@ class Daemon:
                 "queue": self.app.spool.counts(),
                 "workers_busy": sum(1 for v in busy.values() if v), "working_on": busy,
                 "reloads": dict(self.reloads),
+                "intake": self.intake.status() if self.intake is not None else None,
                 "updated_at": now_iso()}
 
     def _status_line(self) -> str:

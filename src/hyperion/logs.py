@@ -53,7 +53,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+_settings = ("INFO", "text")
+
+
+def settings() -> tuple[str, str]:
+    """The level and format the last setup_logging() call chose (for a child process)."""
+    return _settings
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    global _settings
+    _settings = (level, fmt)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdDefault())
     handler.addFilter(_Redact())

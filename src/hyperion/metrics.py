@@ -44,6 +44,15 @@ class Registry:
             series = self._counters.setdefault(name, {})
             series[key] = series.get(key, 0.0) + value
 
+    def take_counters(self) -> list[tuple[str, dict[str, str], float]]:
+        """The counters' values, which are reset to nothing: what a child process hands to
+        the process that serves the metrics (intake/process.py)."""
+        with self._lock:
+            taken = [(name, dict(key), value) for name, series in self._counters.items()
+                     for key, value in series.items()]
+            self._counters.clear()
+        return taken
+
     def observe(self, name: str, seconds: float, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
         with self._lock:

@@ -62,7 +62,8 @@ The contract
     For an idle consumer: take ``seen = additions()`` before a lease that finds nothing, then
     ``wait_for_work(seen, timeout_s)`` returns as soon as this process added an item since
     (put, retry, requeue, sweep), within ``OTHERS_POLL_S`` (50 ms) of another process's
-    addition, or after ``timeout_s``. A hint only: the next lease decides what is ready.
+    addition (at once when that process tells this one, which then calls ``others_added()``),
+    or after ``timeout_s``. A hint only: the next lease decides what is ready.
 ``counts()``, ``state_of(item_id)``, ``next_ready_at()``
     Read-only views; ``counts`` is a snapshot and may be off by one item in motion.
     ``state_of`` is exact (None for an unknown or pruned id).
@@ -638,6 +639,11 @@ class _View:
                     return
                 self.changed.wait(min(left, OTHERS_POLL_S))
 
+    def poke(self) -> None:
+        """Another process says it added items: waiters look at the counter now."""
+        with self.lock:
+            self.changed.notify_all()
+
     def forget(self, name: str) -> None:
         with self.lock:
             self.alive.discard(name)
@@ -1131,6 +1137,11 @@ class Spool:
         """Block until an item may have become ready since ``seen = additions()`` was taken,
         or ``timeout_s`` passed."""
         self._view.wait(seen, timeout_s)
+
+    def others_added(self) -> None:
+        """Another process told this one that it added items: waiters stop waiting now
+        instead of at their next look at the ``.adds`` counter."""
+        self._view.poke()
 
     def next_ready_at(self) -> float | None:
         ready = [entry.ready_at for raw in self._names(self.queued)

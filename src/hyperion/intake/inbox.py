@@ -16,6 +16,7 @@ import queue
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +146,11 @@ def _read_at_most(fd: int, limit: int) -> bytes:
 class InboxWatcher:
     """Feeds inbox events to :class:`Inbox` from one thread; pending retries are timed."""
 
-    def __init__(self, inbox: Inbox, *, rescan_s: float = 30.0) -> None:
+    def __init__(self, inbox: Inbox, *, rescan_s: float = 30.0,
+                 on_taken: Callable[[], None] | None = None) -> None:
         self.inbox = inbox
         self.rescan_s = rescan_s
+        self.on_taken = on_taken       # after each file or scan taken (intake/process.py)
         self.events: queue.Queue[tuple[str, bool]] = queue.Queue()
         self._pending: list[tuple[float, str]] = []
         self._observer: Any = None
@@ -201,7 +204,7 @@ class InboxWatcher:
                 _, path = heapq.heappop(self._pending)
                 self._handle(path, False)
             if time.monotonic() >= next_scan:
-                self._safely(self.inbox.scan)
+                self._taken(self._safely(self.inbox.scan))
                 next_scan = time.monotonic() + self.rescan_s
 
     def _handle(self, raw: str | bytes, final: bool) -> None:
@@ -209,6 +212,12 @@ class InboxWatcher:
         result = self._safely(lambda: self.inbox.ingest(path, final=final))
         if result is _NOT_YET:
             heapq.heappush(self._pending, (time.monotonic() + 0.25, str(path)))
+        else:
+            self._taken(result)
+
+    def _taken(self, result: Any) -> None:
+        if result and self.on_taken is not None:
+            self.on_taken()
 
     @staticmethod
     def _safely(fn: Any) -> Any:
@@ -217,3 +226,34 @@ class InboxWatcher:
         except Exception:   # a bad file must never stop intake; the next scan retries it
             log.exception("inbox: ingest failed; the file stays in the inbox for the next scan")
             return None
+
+
+class InboxThread:
+    """The inbox's intake as a thread of the calling process (`hyperion run` with
+    ``intake.process: false``, or when its intake process cannot start)."""
+
+    def __init__(self, app: App) -> None:
+        self.inbox = Inbox(app)
+        self.watcher = InboxWatcher(self.inbox)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.watcher.run, args=(self._stop,),
+                                        name="intake", daemon=True)
+
+    def start(self) -> None:
+        self.watcher.start()         # watch first, then scan: no file slips between the two
+        self.inbox.scan()
+        self._thread.start()
+
+    def supervise(self) -> float | None:
+        return None
+
+    def restart(self) -> None:
+        """Nothing to do: the thread reads the App's configuration and policy as it goes."""
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self.watcher.stop()
+        self._thread.join(timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        return {"mode": "thread", "alive": self._thread.is_alive()}
