@@ -208,3 +208,24 @@ def test_schema_command_prints_json_schema(setup: Setup) -> None:
         out = setup.cli("schema", name)
         assert out.returncode == 0
         assert json.loads(out.stdout)["$schema"].endswith("2020-12/schema")
+
+
+def test_a_request_file_back_in_the_inbox_is_a_repeat(setup: Setup) -> None:
+    """The same bytes dropped again (by an agent that retries, or a removal a crash undid) are
+    taken as a repeat: no new record, no second landing, and the file leaves the inbox."""
+    good = json.dumps(setup.request("back-1", {"app.py": "VALUE = 21\n"})).encode()
+    bad = b'{"kind": "change", "id": '
+    setup.drop("good.json", good)
+    setup.drop("bad.json", bad)
+    assert setup.cli("run", "--once").returncode == 0
+    listed = json.loads(setup.cli("list", "--format", "json").stdout)
+    assert sorted(r["state"] for r in listed) == ["landed", "rejected"]
+    landed = setup.main_sha()
+    audit = (setup.state / "audit.jsonl").read_text()
+    setup.drop("good.json", good)                    # dropped again
+    setup.drop("bad.json", bad)
+    assert setup.cli("run", "--once").returncode == 0
+    assert json.loads(setup.cli("list", "--format", "json").stdout) == listed
+    assert setup.main_sha() == landed
+    assert (setup.state / "audit.jsonl").read_text() == audit
+    assert list(setup.inbox.iterdir()) == []
