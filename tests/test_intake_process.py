@@ -216,3 +216,26 @@ def test_intake_process_false_keeps_the_intake_in_a_thread(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_a_backlog_longer_than_the_ready_timeout_is_not_taken_for_a_hang(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child reports every file of its start-up scan: the daemon waits for a long backlog
+    as long as it hears from it, rather than giving up on the child."""
+    monkeypatch.setattr("hyperion.intake.process.READY_TIMEOUT_S", 2.0)
+    for i in range(800):
+        (setup.inbox / f"bad-{i:03d}.json").write_bytes(b'{"n": %d}' % i)   # schema_violation
+    app = App.open(load_config(str(setup.config)))
+    daemon = Daemon(app, workers=1)
+    runner = threading.Thread(target=daemon.run)
+    started = time.monotonic()
+    runner.start()
+    try:
+        wait_for("the daemon to serve", lambda: daemon.intake is not None, timeout=120)
+        assert time.monotonic() - started > 2.0          # the scan did outlast the timeout
+        assert daemon.status()["intake"]["mode"] == "process"
+        assert list(setup.inbox.iterdir()) == []
+    finally:
+        daemon.stop.set()
+        daemon._wake.set()
+        runner.join(60)

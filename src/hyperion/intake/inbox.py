@@ -44,9 +44,11 @@ class Inbox:
         self.settle_s = settle_s
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def scan(self, *, wait: bool = False) -> list[Outcome]:
+    def scan(self, *, wait: bool = False,
+             on_taken: Callable[[], None] | None = None) -> list[Outcome]:
         """Ingest every file waiting now. Files that may still be being written are left for
-        later, or with ``wait``, retried until they are complete or quiet for ``settle_s``."""
+        later, or with ``wait``, retried until they are complete or quiet for ``settle_s``.
+        ``on_taken`` is called after each file taken."""
         out = []
         names = [n for n in sorted(os.listdir(self.dir)) if not ignored(n)]
         while names:
@@ -55,6 +57,8 @@ class Inbox:
                 result = self.ingest(self.dir / name, final=False)
                 if isinstance(result, Outcome):
                     out.append(result)
+                    if on_taken is not None:
+                        on_taken()
                 elif result is _NOT_YET:
                     later.append(name)
             if not wait:

@@ -47,6 +47,7 @@ from hyperion.metrics import METRICS
 
 log = logging.getLogger("hyperion.intake")
 
+#: How long the start-up scan may go without a word from the child (it reports every file).
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 RESTART_MIN_S = 1.0
@@ -76,6 +77,7 @@ class IntakeProcess:
         self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._ready = threading.Event()
+        self._heard = 0.0                  # time.monotonic() of the child's last line
         self._stopping = False
         self._started_at = 0.0
         self._delay_s = RESTART_MIN_S
@@ -92,32 +94,35 @@ class IntakeProcess:
         child = ChildSettings(self.app.config, self.app.policy, level, fmt,
                               self.app.config.intake.nice)
         blob = pickle.dumps(child)
-        self._ready = threading.Event()
+        self._ready = ready = threading.Event()
         # Its own process group: a Ctrl-C on the terminal reaches the daemon, which stops it.
         proc = subprocess.Popen([sys.executable, "-m", "hyperion.intake.process"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 close_fds=True, process_group=0)
         assert proc.stdin is not None and proc.stdout is not None
         self._proc = proc
-        self._started_at = time.monotonic()
+        self._started_at = self._heard = time.monotonic()
         self._due = None
         with contextlib.suppress(BrokenPipeError):  # it died at once: the reader sees it
             proc.stdin.write(_LENGTH.pack(len(blob)) + blob)
             proc.stdin.flush()
-        threading.Thread(target=self._read, args=(proc, proc.stdout), name="intake-reader",
-                         daemon=True).start()
+        threading.Thread(target=self._read, args=(proc, proc.stdout, ready),
+                         name="intake-reader", daemon=True).start()
         log.info("intake process started (pid %d)", proc.pid)
 
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
-        """Whether the child finished its start-up scan within ``timeout_s``."""
-        proc = self._proc
-        deadline = time.monotonic() + timeout_s
-        while proc is not None and time.monotonic() < deadline:
-            if self._ready.wait(0.05):
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Whether the child finished its start-up scan; False when it died, or went
+        ``timeout_s`` (READY_TIMEOUT_S) without a word (a long backlog is fine: it reports
+        every file it takes)."""
+        proc, ready = self._proc, self._ready
+        if timeout_s is None:
+            timeout_s = READY_TIMEOUT_S
+        while proc is not None and time.monotonic() - self._heard < timeout_s:
+            if ready.wait(0.05):
                 return True
             if proc.poll() is not None:
-                return False
-        return self._ready.is_set()
+                return ready.is_set()
+        return ready.is_set()
 
     def supervise(self) -> float | None:
         """Start the child again when it died; the seconds until that is due, or None."""
@@ -174,16 +179,18 @@ class IntakeProcess:
         return {"mode": "process", "pid": proc.pid if proc else None, "alive": alive,
                 "restarts": self.restarts}
 
-    def _read(self, proc: subprocess.Popen[bytes], out: IO[bytes]) -> None:
+    def _read(self, proc: subprocess.Popen[bytes], out: IO[bytes],
+              ready: threading.Event) -> None:
         spool = self.app.spool
         for line in out:
+            self._heard = time.monotonic()
             try:
                 message = json.loads(line)
             except ValueError:
                 log.warning("intake process: unreadable line %r", line[:200])
                 continue
             if "ready" in message:
-                self._ready.set()
+                ready.set()
             for name, labels, value in message.get("counters", ()):
                 METRICS.inc(name, value, **labels)
             spool.others_added()
@@ -262,7 +269,7 @@ def main() -> int:
     watcher = InboxWatcher(inbox, on_taken=parent.took)
     watcher.start()                   # watch first, then scan: no file slips between the two
     try:
-        inbox.scan()
+        inbox.scan(on_taken=parent.took)
         parent.send({"ready": os.getpid(), "counters": METRICS.take_counters()})
         threading.Thread(target=_stop_at_eof, args=(stdin, stop), name="parent-watch",
                          daemon=True).start()
