@@ -193,6 +193,22 @@ notify:
     return config
 
 
+def start_daemon(setup: Setup) -> subprocess.Popen[str]:
+    """`hyperion run` on ``setup``'s configuration, as a real child process."""
+    return subprocess.Popen([sys.executable, "-m", "hyperion", "--config", str(setup.config),
+                             "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=setup.root)
+
+
+@pytest.fixture
+def daemon(setup: Setup) -> Iterator[subprocess.Popen[str]]:
+    proc = start_daemon(setup)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
 @pytest.fixture
 def setup(tmp_path: Path, webhook: Webhook) -> Setup:
     repo = make_repo(tmp_path / "demo", BASE_FILES)

@@ -6,18 +6,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
-import pytest
 from conftest import Setup, git, write_config
-
-
-def start(setup: Setup) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hyperion", "--config", str(setup.config),
-                             "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=setup.root)
+from conftest import start_daemon as start
 
 
 def wait_state(setup: Setup, id: str, states: set[str], timeout: float = 30) -> dict[str, object]:
@@ -31,15 +23,6 @@ def wait_state(setup: Setup, id: str, states: set[str], timeout: float = 30) -> 
                 return record
         time.sleep(0.2)
     raise AssertionError(f"{id} did not reach {states}: {record}")
-
-
-@pytest.fixture
-def daemon(setup: Setup) -> Iterator[subprocess.Popen[str]]:
-    proc = start(setup)
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
 
 
 def test_watches_the_inbox_and_drains_on_sigterm(setup: Setup,

@@ -11,32 +11,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Setup
+from conftest import start_daemon as start
 
 from hyperion.app import App
 from hyperion.config import load_config
 from hyperion.daemon import Daemon
 from hyperion.metrics import METRICS
-
-
-def start(setup: Setup) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hyperion", "--config", str(setup.config),
-                             "run"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, cwd=setup.root)
-
-
-@pytest.fixture
-def daemon(setup: Setup) -> Iterator[subprocess.Popen[str]]:
-    proc = start(setup)
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
 
 
 def daemon_status(setup: Setup, pid: int) -> dict[str, Any]:
