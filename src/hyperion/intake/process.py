@@ -83,10 +83,6 @@ class IntakeProcess:
         self._delay_s = RESTART_MIN_S
         self._due: float | None = None     # time.monotonic() of the next start
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     def start(self) -> None:
         from hyperion.logs import settings
 
@@ -147,13 +143,12 @@ class IntakeProcess:
         return None
 
     def restart(self) -> None:
-        """A fresh child with the parent's current configuration and policy (after reload)."""
+        """A fresh child with the parent's current configuration and policy (after reload).
+        Not waited for: the main loop goes on pinging the watchdog, and supervise() starts
+        the child again if it dies."""
         self.stop()
         self._stopping = False
         self.start()
-        if not self.wait_ready():
-            log.error("the intake process did not get ready after the reload; it is started "
-                      "again until it does")
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """End of file on its stdin: it finishes the file in hand and exits; killed after
