@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -308,3 +310,114 @@ def test_a_write_tree_that_fails_beside_the_proof_is_git_s_error(tmp_path: Path)
                        cwd=path, check=True)
         with pytest.raises(gitops.GitError, match="write-tree"):
             repo.commit_proving_clean(path, commit, "unmerged\n", AUTHOR)
+
+
+# ---------------------------------------------------------------- a slot watched through its check
+READ_ONLY_CHECK = [sys.executable, "-c", "import pathlib\n"
+                   "for p in pathlib.Path('.').rglob('*'):\n"
+                   "    p.read_bytes() if p.is_file() else p.stat()\n"]
+
+
+def _checked_slot(tmp_path: Path, patch: str = _edit("a.txt", "alpha\n", "ALPHA\n"),
+                  check: list[str] | None = None, leftover: str | None = None
+                  ) -> tuple[GitRepo, WorktreePool, str, Path]:
+    """A pool slot in which a request was applied, committed and checked as the worker does
+    it (watched from right before its check on), given back; its check read every file
+    (or ran ``check``) and then left ``leftover``."""
+    repo = GitRepo(make_repo(tmp_path / "r", FILES))
+    head = git(repo.git_dir, "rev-parse", "HEAD").strip()
+    (tmp_path / "locks").mkdir()
+    pool = WorktreePool(tmp_path / "worktrees", tmp_path / "locks")
+    with pool.checkout_unproven("demo", repo, head) as slot:
+        assert slot.trusted                           # a new slot is proven
+        assert GitRepo.try_apply(slot.path, patch) is None
+        commit = repo.commit(slot.path, head, "first\n", AUTHOR)
+        slot.watch_from_here()
+        subprocess.run(check or READ_ONLY_CHECK, cwd=slot.path, check=True,
+                       stdin=subprocess.DEVNULL)
+        if leftover is not None:
+            leave_leftover(slot.path, leftover, tmp_path)
+        path = slot.path
+    return repo, pool, commit, path
+
+
+def test_a_slot_its_check_changed_nothing_in_is_handed_out_proven(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel saw nothing written in the slot from its check's start on: the next
+    request at its commit takes it as proven, and commits without the proof beside the
+    write-tree."""
+    repo, pool, commit, path = _checked_slot(tmp_path)
+    calls = _git_calls(monkeypatch)
+    with pool.checkout_unproven("demo", repo, commit) as slot:
+        assert slot.path == path and slot.trusted
+        assert calls == []
+        assert GitRepo.try_apply(path, _edit("b.txt", "beta\n", "BETA\n")) is None
+        second = repo.commit(path, commit, "second\n", AUTHOR)
+        assert calls == ["apply", "write-tree"]
+    assert git(repo.git_dir, "show", f"{second}:b.txt") == "BETA\n"
+    assert git(path, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+
+
+@pytest.mark.parametrize("leftover", ["untracked", "empty-folder", "ignored", "modified",
+                                      "deleted", "attributes"])
+def test_a_slot_its_check_changed_anything_in_is_handed_out_unproven(
+        tmp_path: Path, leftover: str) -> None:
+    repo, pool, commit, path = _checked_slot(tmp_path, leftover=leftover)
+    with pool.checkout_unproven("demo", repo, commit) as slot:
+        assert not slot.trusted
+        assert GitRepo.try_apply(path, _edit("b.txt", "beta\n", "BETA\n")) is None
+        assert repo.commit_proving_clean(path, commit, "second\n", AUTHOR) is None
+        slot.prove()
+        assert git(path, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+
+
+@pytest.mark.parametrize("how", ["touch", "rewrite-same", "background"])
+def test_a_change_that_leaves_the_content_as_it_was_still_takes_the_proof(
+        tmp_path: Path, how: str) -> None:
+    """The watch tells that something was done, not what: a file touched or written back
+    as it was, or written by a process the check left running after it ended, costs the
+    proof, never a wrong trust."""
+    if how == "touch":
+        check = ["touch", "b.txt"]
+    elif how == "rewrite-same":
+        check = [sys.executable, "-c", "import pathlib; p = pathlib.Path('b.txt'); "
+                 "p.write_bytes(p.read_bytes())"]
+    else:
+        check = ["sh", "-c", "(sleep 0.3; echo late > late.txt) > /dev/null 2>&1 &"]
+    repo, pool, commit, path = _checked_slot(tmp_path, check=check)
+    if how == "background":
+        for _ in range(100):
+            if (path / "late.txt").exists():
+                break
+            time.sleep(0.02)
+        assert (path / "late.txt").exists()
+    with pool.checkout_unproven("demo", repo, commit) as slot:
+        assert not slot.trusted
+
+
+def test_folders_the_patch_made_are_watched_through_the_check(tmp_path: Path) -> None:
+    patch = ("diff --git a/new/deeper/file.txt b/new/deeper/file.txt\nnew file mode 100644\n"
+             "--- /dev/null\n+++ b/new/deeper/file.txt\n@@ -0,0 +1 @@\n+new\n")
+    check = ["sh", "-c", "echo junk > new/deeper/junk.txt"]
+    repo, pool, commit, _path = _checked_slot(tmp_path, patch=patch, check=check)
+    with pool.checkout_unproven("demo", repo, commit) as slot:
+        assert not slot.trusted
+
+
+def test_watched_slots_hold_no_descriptor_once_let_go(tmp_path: Path) -> None:
+    """Every slot given back keeps its lock and its watch open until its next use; one whose
+    use failed, or that is no longer kept, closes both."""
+    repo, pool, commit, path = _checked_slot(tmp_path)
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(20):
+        try:
+            with pool.checkout_unproven("demo", repo, commit) as slot:
+                assert slot.trusted
+                slot.watch_from_here()
+                if n % 2:
+                    raise RuntimeError("a failed use")
+        except RuntimeError:
+            with pool.checkout_unproven("demo", repo, commit) as slot:
+                assert slot.trusted and slot.path == path     # proven again (reset)
+                slot.watch_from_here()
+    assert len(os.listdir("/proc/self/fd")) <= before

@@ -18,7 +18,10 @@ a wrong result.
 A slot given back stays locked by this process (no other hyperion can touch it before its next
 use here) and is left as its check left it. The next checkout of that repository takes it.
 When it is at the wanted commit with the very index this process committed there (the usual
-case: the request before landed it there), the slot is handed out *unproven*
+case: the request before landed it there), and the kernel saw nothing written in its files
+from right before that request's check on (:meth:`Slot.watch_from_here`, treewatch.py), the
+slot is handed out proven: nothing can be there but the commit. Otherwise it is handed out
+*unproven*
 (:meth:`WorktreePool.checkout_unproven`): the caller applies its patch, and the guard runs
 beside the ``write-tree`` of its commit (gitops.GitRepo.commit_proving_clean), so the check
 it ran before costs no wait. Whatever that check left makes the apply fail or the guard find
@@ -54,6 +57,7 @@ from pathlib import Path
 
 from hyperion import worktrees
 from hyperion.gitops import GitError, GitRepo, detached_head
+from hyperion.treewatch import TreeWatch
 
 log = logging.getLogger("hyperion.pool")
 
@@ -98,18 +102,23 @@ class WorktreePool:
         directory.mkdir(parents=True, exist_ok=True)
         held = _HELD.take_at(directory, commit)
         fd, path = (held.fd, held.path) if held is not None else _free_slot(directory)
-        slot = Slot(path, commit, trusted=False, _pool=self, _repo_name=repo_name, _repo=repo)
+        slot = Slot(path, commit, trusted=False, _pool=self, _repo_name=repo_name, _repo=repo,
+                    _watch=held.watch if held is not None else None)
         _HELD.checked_out(directory)
         try:
             try:
                 if held is None or held.commit != commit or \
                         not repo.index_as_committed(path, commit):
                     slot.prove()
+                elif held.watched and held.watch is not None and not held.watch.changed():
+                    slot.trusted = True         # nothing touched its files since its checks
                 yield slot
             except BaseException:
                 os.close(fd)
+                if slot._watch is not None:
+                    slot._watch.close()
                 raise
-            _HELD.give_back(fd, path)
+            _HELD.give_back(fd, path, slot._watch, watched=slot._watched)
         finally:
             _HELD.returned(directory)
 
@@ -182,6 +191,16 @@ class Slot:
     _pool: WorktreePool = field(repr=False)
     _repo_name: str = field(repr=False)
     _repo: GitRepo = field(repr=False)
+    _watch: TreeWatch | None = field(default=None, repr=False)
+    _watched: bool = field(default=False, repr=False)
+
+    def watch_from_here(self) -> None:
+        """Call right before the slot's checks run (it is trusted then): from here on, what is
+        done to its files is seen, and the next checkout at this commit takes the slot as
+        proven when nothing was (treewatch.py), without the proof beside its write-tree."""
+        if self._watch is None:
+            self._watch = TreeWatch.open(self.path)
+        self._watched = self.trusted and self._watch is not None and self._watch.mark()
 
     def folders_are_real(self, paths: list[str]) -> bool:
         """Whether every folder above ``paths`` is, in this worktree, a real folder or not
@@ -222,6 +241,13 @@ class _HeldSlot:
     path: Path
     commit: str
     given_at: float
+    watch: TreeWatch | None = None
+    watched: bool = False       # the watch was marked when the slot was trusted
+
+    def release(self) -> None:
+        os.close(self.fd)
+        if self.watch is not None:
+            self.watch.close()
 
 
 class _HeldSlots:
@@ -270,20 +296,21 @@ class _HeldSlots:
                     return self.take(directory)
                 self._lock.wait(left)
 
-    def give_back(self, fd: int, path: Path) -> None:
-        """Keep the slot locked for the next checkout; closes ``fd`` in the end."""
-        commit = detached_head(path)
-        if commit is None:
+    def give_back(self, fd: int, path: Path, watch: TreeWatch | None = None, *,
+                  watched: bool = False) -> None:
+        """Keep the slot locked for the next checkout (and its watch open); closes ``fd``
+        in the end."""
+        held = _HeldSlot(fd, path, detached_head(path) or "", time.monotonic(), watch, watched)
+        if not held.commit:
             # A check moved HEAD where only git can tell: the next checkout resets it fully.
-            os.close(fd)
+            held.release()
             return
         with self._lock:
-            self._held.setdefault(path.parent, []).append(
-                _HeldSlot(fd, path, commit, time.monotonic()))
+            self._held.setdefault(path.parent, []).append(held)
             evicted = self._over_limit()
             self._lock.notify_all()
         for old in evicted:
-            os.close(old.fd)
+            old.release()
 
     def take(self, directory: Path) -> _HeldSlot | None:
         """The newest slot given back in ``directory`` (the likeliest to be at the wanted

@@ -377,6 +377,7 @@ class Worker:
                     behind.made(place, commit, tip)
             applied_fields: dict[str, object] = {"applied_onto": tip, "base_commit": base_commit,
                                                  "apply_method": applied.method}
+            slot.watch_from_here()
             results = self._run_checks(request, record, worktree, timings, applied_fields)
         # The slot is given back before this: the one durable write before the
         # land, since the exactly-once search after a crash starts at applied_onto. Handed
