@@ -114,9 +114,7 @@ class WorktreePool:
                     slot.trusted = True         # nothing touched its files since its checks
                 yield slot
             except BaseException:
-                os.close(fd)
-                if slot._watch is not None:
-                    slot._watch.close()
+                _let_go(fd, slot._watch)
                 raise
             _HELD.give_back(fd, path, slot._watch, watched=slot._watched)
         finally:
@@ -245,9 +243,7 @@ class _HeldSlot:
     watched: bool = False       # the watch was marked when the slot was trusted
 
     def release(self) -> None:
-        os.close(self.fd)
-        if self.watch is not None:
-            self.watch.close()
+        _let_go(self.fd, self.watch)
 
 
 class _HeldSlots:
@@ -335,6 +331,13 @@ class _HeldSlots:
 
 
 _HELD = _HeldSlots()
+
+
+def _let_go(fd: int, watch: TreeWatch | None) -> None:
+    """Unlock a slot (its lock's ``fd``) and stop watching it."""
+    os.close(fd)
+    if watch is not None:
+        watch.close()
 
 
 def _free_slot(directory: Path) -> tuple[int, Path]:
