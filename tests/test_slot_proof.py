@@ -30,12 +30,17 @@ def _edit(path: str, old: str, new: str) -> str:
             f"-{old}+{new}")
 
 
-def _held_slot(tmp_path: Path) -> tuple[GitRepo, WorktreePool, str, Path]:
-    """A pool slot in which a request was applied and committed, given back."""
+def _repo_and_pool(tmp_path: Path) -> tuple[GitRepo, WorktreePool, str]:
+    """A repository of FILES, its HEAD, and an empty pool for it."""
     repo = GitRepo(make_repo(tmp_path / "r", FILES))
-    head = git(repo.git_dir, "rev-parse", "HEAD").strip()
     (tmp_path / "locks").mkdir()
     pool = WorktreePool(tmp_path / "worktrees", tmp_path / "locks")
+    return repo, pool, git(repo.git_dir, "rev-parse", "HEAD").strip()
+
+
+def _held_slot(tmp_path: Path) -> tuple[GitRepo, WorktreePool, str, Path]:
+    """A pool slot in which a request was applied and committed, given back."""
+    repo, pool, head = _repo_and_pool(tmp_path)
     with pool.checkout("demo", repo, head) as path:
         assert GitRepo.try_apply(path, _edit("a.txt", "alpha\n", "ALPHA\n")) is None
         commit = repo.commit(path, head, "first\n", AUTHOR)
@@ -324,10 +329,7 @@ def _checked_slot(tmp_path: Path, patch: str = _edit("a.txt", "alpha\n", "ALPHA\
     """A pool slot in which a request was applied, committed and checked as the worker does
     it (watched from right before its check on), given back; its check read every file
     (or ran ``check``) and then left ``leftover``."""
-    repo = GitRepo(make_repo(tmp_path / "r", FILES))
-    head = git(repo.git_dir, "rev-parse", "HEAD").strip()
-    (tmp_path / "locks").mkdir()
-    pool = WorktreePool(tmp_path / "worktrees", tmp_path / "locks")
+    repo, pool, head = _repo_and_pool(tmp_path)
     with pool.checkout_unproven("demo", repo, head) as slot:
         assert slot.trusted                           # a new slot is proven
         assert GitRepo.try_apply(slot.path, patch) is None

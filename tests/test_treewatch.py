@@ -106,26 +106,27 @@ def test_folders_made_between_marks_are_watched_from_the_next_mark(tmp_path: Pat
     watch.close()
 
 
-def test_a_folder_moved_has_the_tree_watched_afresh(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "tree")
-    watch = _watch(root)
+def _move_a_folder(root: Path) -> Path:
     (root / "src" / "pkg").rename(root / "src" / "moved")
-    assert watch.mark()
-    assert not watch.changed()
-    (root / "src" / "moved" / "deep" / "junk").write_text("x\n")
-    assert watch.changed()
-    watch.close()
+    return root / "src" / "moved" / "deep"
 
 
-def test_a_root_replaced_has_the_tree_watched_afresh(tmp_path: Path) -> None:
+def _replace_the_root(root: Path) -> Path:
+    shutil.rmtree(root)
+    _tree(root)
+    return root / "docs"
+
+
+@pytest.mark.parametrize("rearrange", [_move_a_folder, _replace_the_root])
+def test_folders_moved_or_a_root_replaced_have_the_tree_watched_afresh(
+        tmp_path: Path, rearrange: Callable[[Path], Path]) -> None:
     root = _tree(tmp_path / "tree")
     watch = _watch(root)
-    shutil.rmtree(root)
+    inside = rearrange(root)
     assert watch.changed()
-    _tree(root)
     assert watch.mark()
     assert not watch.changed()
-    (root / "docs" / "junk").write_text("x\n")
+    (inside / "junk").write_text("x\n")
     assert watch.changed()
     watch.close()
 
