@@ -35,8 +35,11 @@ from typing import Any
 
 # Imported with this module, at start: refswap tells its own locks from an earlier process's
 # by when the process started.
+from hyperion.gitindex import read_index
 from hyperion.refswap import Reflog, should_autocreate, swap
 
+#: Folders whose last tree tree_of_index keeps; beyond that it starts afresh.
+_MAX_KNOWN_FOLDERS = 10_000
 _COMMIT = 1     # dulwich's type numbers
 _TREE = 2
 _BLOB = 3
@@ -67,6 +70,10 @@ class InProcessGit:
         # Objects never change under their id: the trees and commit roots read last are
         # kept (every request the gate reviews against the same tip reads the same trees).
         self._trees: dict[bytes, Any] = {}
+        # Per folder, the entries of its tree written last from a worktree's index and that
+        # tree: the folders an apply did not touch but the index's cache-tree left marked
+        # invalid (nothing rewrites it between applies) are the same again.
+        self._index_trees: dict[bytes, tuple[list[Any], list[Any], Any]] = {}
         self._roots: dict[str, bytes] = {}
 
     def _open(self) -> Any:
@@ -282,6 +289,63 @@ class InProcessGit:
             return None
         return self._add(tree)
 
+    def tree_of_index(self, data: bytes) -> str | None:
+        """The tree ``git write-tree`` writes from the index file ``data`` (gitindex): the
+        folders its cache-tree marks invalid rebuilt from the entries, as git does, and their
+        tree objects written; its id, or None: ask git."""
+        index = read_index(data)
+        if index is None:
+            return None
+        from dulwich.objects import ObjectID, ShaFile
+
+        subfolders: dict[bytes, list[bytes]] = {}
+        for folder in index.folders:
+            if folder:
+                subfolders.setdefault(folder.rpartition(b"/")[0], []).append(folder)
+        ids: dict[bytes, ObjectID] = {}
+        rebuilt: list[bytes] = []       # parents before their subfolders
+        pending = [b""]
+        while pending:
+            folder = pending.pop()
+            cached = index.cached.get(folder)
+            if cached is not None:
+                ids[folder] = ObjectID(cached.hex().encode())
+                continue
+            rebuilt.append(folder)
+            pending.extend(subfolders.get(folder, ()))
+        with self._lock:
+            repo = self._open()
+            if repo is None:
+                return None
+            try:
+                for folder in reversed(rebuilt):
+                    files = index.files.get(folder, [])
+                    subs = [(sub.rpartition(b"/")[2], ids[sub])
+                            for sub in subfolders.get(folder, ())]
+                    known = self._index_trees.get(folder)
+                    if known is not None and known[0] == files and known[1] == subs:
+                        tree = known[2]
+                    else:
+                        entries = [(name + b"/", b"40000 %s\0%s" % (name, bytes.fromhex(
+                            sub_id.decode()))) for name, sub_id in subs]
+                        entries += [(name, b"%o %s\0%s" % (mode, name, oid))
+                                    for name, mode, oid in files]
+                        if not all(_tree_name(name) for name, _, _ in files) or \
+                                not all(_tree_name(name) for name, _ in subs):
+                            return None     # no path git would have put in an index
+                        entries.sort()      # git's order: a folder's name as if with "/"
+                        tree = ShaFile.from_raw_string(_TREE, b"".join(e for _, e in entries))
+                        if len(self._index_trees) >= _MAX_KNOWN_FOLDERS:
+                            self._index_trees.clear()
+                        self._index_trees[folder] = (files, subs, tree)
+                    # Written, or when it is there, its time refreshed (as git does: a
+                    # git gc running meanwhile must not prune it as an old leftover).
+                    repo.object_store.add_object(tree)
+                    ids[folder] = tree.id
+            except Exception:
+                return None
+        return ids[b""].decode()
+
     def _add(self, obj: Any) -> str | None:
         with self._lock:
             repo = self._open()
@@ -484,6 +548,10 @@ def _canonical(mode: int) -> int:
     if mode & _S_IFMT == 0o100000:
         return 0o100755 if mode & 0o100 else 0o100644
     return mode
+
+
+def _tree_name(name: bytes) -> bool:
+    return bool(name) and name not in (b".", b"..") and b"\0" not in name and b"/" not in name
 
 
 def _split(path: str) -> list[bytes] | None:

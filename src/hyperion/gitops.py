@@ -543,9 +543,10 @@ class GitRepo:
     def commit(self, worktree: Path, parent: str, message: str, author: tuple[str, str],
                author_date: str | None = None) -> str:
         """Commit the worktree's index on ``parent`` (its HEAD); HEAD moves there."""
-        tree = _out(["write-tree"], cwd=worktree)
+        admin = _admin_dir(worktree)
+        tree = self._tree_of_index(admin) or _out(["write-tree"], cwd=worktree)
         sha, admin, mark = self._commit_object(worktree, tree, parent, message, author,
-                                               author_date)
+                                               author_date, admin)
         self._head_moved(worktree, parent, sha, admin, mark)
         return sha
 
@@ -579,12 +580,24 @@ class GitRepo:
         self._head_moved(worktree, parent, sha, admin, mark)
         return sha
 
+    def _tree_of_index(self, admin: Path | None) -> str | None:
+        """What ``git write-tree`` would write from the index in ``admin`` (a worktree's folder
+        in the repository), written in-process when gitindex reads it; None: ask git."""
+        if admin is None or self._inproc is None:
+            return None
+        try:
+            data = (admin / "index").read_bytes()
+        except OSError:
+            return None
+        return self._inproc.tree_of_index(data)
+
     def _commit_object(self, worktree: Path, tree: str, parent: str, message: str,
-                       author: tuple[str, str], author_date: str | None
+                       author: tuple[str, str], author_date: str | None,
+                       admin: Path | None = None
                        ) -> tuple[str, Path | None, _IndexMark | None]:
         """The commit of the worktree's ``tree`` on ``parent`` (not yet its HEAD), the
         worktree's folder in the repository, and the mark of the index it was written from."""
-        admin = _admin_dir(worktree)
+        admin = admin or _admin_dir(worktree)
         mark = _index_mark(admin)
         return self.commit_tree(tree, parent, message, author, author_date), admin, mark
 
