@@ -19,7 +19,7 @@ from conftest import Setup, git, leave_leftover, make_repo
 import hyperion.gitops as gitops
 from hyperion.apply import ApplyConflict, apply_patch
 from hyperion.gitops import GitRepo
-from hyperion.pool import WorktreePool
+from hyperion.pool import Slot, WorktreePool
 
 FILES = {"a.txt": "alpha\n", "b.txt": "beta\n", "c.txt": "gamma\n"}
 AUTHOR = ("Agent", "agent@example.invalid")
@@ -350,6 +350,9 @@ def test_a_slot_its_check_changed_nothing_in_is_handed_out_proven(
     write-tree: its tree is written in-process from the index, gitindex.py)."""
     repo, pool, commit, path = _checked_slot(tmp_path)
     calls = _git_calls(monkeypatch)
+    # Its HEAD and index were watched too: not even read again.
+    monkeypatch.setattr(GitRepo, "index_as_committed",
+                        lambda *_: pytest.fail("the slot's link, HEAD and index were read"))
     with pool.checkout_unproven("demo", repo, commit) as slot:
         assert slot.path == path and slot.trusted
         assert calls == []
@@ -395,6 +398,34 @@ def test_a_change_that_leaves_the_content_as_it_was_still_takes_the_proof(
         assert (path / "late.txt").exists()
     with pool.checkout_unproven("demo", repo, commit) as slot:
         assert not slot.trusted
+
+
+@pytest.mark.parametrize("change", [
+    'cp "$d/HEAD" "$d/HEAD.new" && mv "$d/HEAD.new" "$d/HEAD"',
+    'touch "$d/index"',
+    'cp "$d/index" "$d/index.new" && mv "$d/index.new" "$d/index"',
+    'cp -a "$d" "$d.copy" && mv "$d" "$d.old" && mv "$d.copy" "$d"',
+    'w=$(dirname "$d") && cp -a "$w" "$w.copy" && mv "$w" "$w.old" && mv "$w.copy" "$w"',
+], ids=["head-rewritten", "index-touched", "index-rewritten", "folder-replaced",
+        "worktrees-replaced"])
+def test_a_check_that_touches_the_slot_s_folder_in_the_repository_costs_the_proof(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """The slot's HEAD and index live in the repository (``worktrees/<slot>``), outside the
+    tree: that folder is watched too, and looked up again, so a check that rewrote them, or
+    replaced the folder, leaves the slot to be read and proven as before."""
+    check = ["sh", "-c", f'd=$(git rev-parse --absolute-git-dir) && {change}']
+    repo, pool, commit, _path = _checked_slot(tmp_path, check=check)
+    proofs: list[Path] = []
+    real_prove = Slot.prove
+    monkeypatch.setattr(Slot, "prove", lambda slot: (proofs.append(slot.path),
+                                                     real_prove(slot))[1])
+    read: list[str] = []
+    real_read = GitRepo.index_as_committed
+    monkeypatch.setattr(GitRepo, "index_as_committed",
+                        lambda self, path, c: (read.append(c), real_read(self, path, c))[1])
+    with pool.checkout_unproven("demo", repo, commit) as slot:
+        assert read == [commit]
+        assert proofs or not slot.trusted
 
 
 def test_folders_the_patch_made_are_watched_through_the_check(tmp_path: Path) -> None:

@@ -441,6 +441,19 @@ class GitRepo:
                 and _index_as_committed(path, commit, admin))
 
     @staticmethod
+    def made_here(path: Path, commit: str) -> bool:
+        """Whether this process's last commit in the slot ``path`` is ``commit``, written from
+        an index of version 2: what :meth:`index_as_committed` then finds on disk unless
+        something changed the slot's files in the repository since (known from memory)."""
+        mark = _COMMITTED_INDEX.get(path)
+        return mark is not None and mark[0] == commit and mark[1].version == 2
+
+    def admin_folder(self, path: Path) -> Path | None:
+        """The worktree ``path``'s folder in this repository (its HEAD and index), when its
+        link is sound."""
+        return self._linked_admin(path)
+
+    @staticmethod
     def _left_over(path: Path, commit: str) -> str | None:
         """Why the worktree is not exactly ``commit``: HEAD elsewhere, or anything modified,
         staged, untracked or ignored. One status answers both (the ``# branch.oid`` header,

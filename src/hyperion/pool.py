@@ -107,11 +107,15 @@ class WorktreePool:
         _HELD.checked_out(directory)
         try:
             try:
-                if held is None or held.commit != commit or \
+                if held is not None and held.commit == commit and held.watched and \
+                        held.watch is not None and repo.made_here(path, commit) and \
+                        not held.watch.changed():
+                    # Nothing touched its files, nor its HEAD and index in the repository,
+                    # since its checks started, and they were this process's commit then.
+                    slot.trusted = True
+                elif held is None or held.commit != commit or \
                         not repo.index_as_committed(path, commit):
                     slot.prove()
-                elif held.watched and held.watch is not None and not held.watch.changed():
-                    slot.trusted = True         # nothing touched its files since its checks
                 yield slot
             except BaseException:
                 _let_go(fd, slot._watch)
@@ -197,7 +201,8 @@ class Slot:
         done to its files is seen, and the next checkout at this commit takes the slot as
         proven when nothing was (treewatch.py), without the proof beside its write-tree."""
         if self._watch is None:
-            self._watch = TreeWatch.open(self.path)
+            admin = self._repo.admin_folder(self.path)
+            self._watch = TreeWatch.open(self.path, (admin,)) if admin is not None else None
         self._watched = self.trusted and self._watch is not None and self._watch.mark()
 
     def folders_are_real(self, paths: list[str]) -> bool:

@@ -85,23 +85,26 @@ class _Unwatchable(Exception):
 
 
 class TreeWatch:
-    """inotify watches on every folder under ``root`` (symlinks not followed)."""
+    """inotify watches on every folder under ``root`` (symlinks not followed), and on each
+    folder of ``also`` by itself (not the folders in it)."""
 
     _warned = False
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, also: tuple[Path, ...] = ()) -> None:
         self.root = root
+        self.also = also
         self._fd = -1
         self._paths: dict[int, bytes] = {}       # watch descriptor -> its folder
-        self._root_id: tuple[int, int] | None = None
-        self._root_wd = -1
+        self._ids: list[tuple[int, int] | None] = []    # of root and ``also``, when watched
+        self._top_wds: set[int] = set()          # their watches
         self._watch_all()
 
     @classmethod
-    def open(cls, root: Path) -> TreeWatch | None:
-        """A watch on the tree at ``root``, or None when it cannot be watched (logged once)."""
+    def open(cls, root: Path, also: tuple[Path, ...] = ()) -> TreeWatch | None:
+        """A watch on the tree at ``root`` (and the folders ``also``), or None when it cannot
+        be watched (logged once)."""
         try:
-            return cls(root)
+            return cls(root, also)
         except (_Unwatchable, OSError, AttributeError) as exc:
             if not cls._warned:
                 cls._warned = True
@@ -132,7 +135,7 @@ class TreeWatch:
             readable, _, _ = select.select([self._fd], [], [], 0)
         except (OSError, ValueError):
             return True
-        return bool(readable) or self._root_id != _identity(self.root)
+        return bool(readable) or self._moved()
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -149,24 +152,29 @@ class TreeWatch:
         if fd < 0:
             raise _Unwatchable(os.strerror(ctypes.get_errno()))
         self._fd = fd
-        self._root_id = _identity(self.root)
+        self._ids = self._identities()
         try:
             top = os.fsencode(self.root)
             self._watch_tree(top)
-            self._root_wd = next((wd for wd, path in self._paths.items() if path == top), -1)
+            self._top_wds = {wd for wd, path in self._paths.items() if path == top}
+            for folder in self.also:
+                wd = self._watch(os.fsencode(folder))
+                if wd < 0:
+                    raise _Unwatchable(f"{folder} is not a folder")
+                self._top_wds.add(wd)
         except BaseException:
             self.close()
             raise
-        if self._root_id is None or self._root_id != _identity(self.root):
+        if None in self._ids or self._moved():
             self.close()
-            raise _Unwatchable("the worktree's folder was replaced while it was watched")
+            raise _Unwatchable("a watched folder was replaced while it was watched")
 
     def _watch_tree(self, top: bytes) -> None:
         """Watch ``top`` and every folder under it; a folder gone meanwhile is skipped."""
         pending = [top]
         while pending:
             folder = pending.pop()
-            if not self._watch(folder):
+            if self._watch(folder) < 0:
                 continue
             try:
                 entries = list(os.scandir(folder))
@@ -176,15 +184,16 @@ class TreeWatch:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(entry.path)
 
-    def _watch(self, folder: bytes) -> bool:
-        wd = _Libc.get().add_watch(self._fd, folder, _MASK)
+    def _watch(self, folder: bytes) -> int:
+        """The watch on ``folder``; -1 when it is gone or not a folder."""
+        wd = int(_Libc.get().add_watch(self._fd, folder, _MASK))
         if wd < 0:
             code = ctypes.get_errno()
             if code in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                return False
+                return -1
             raise _Unwatchable(os.strerror(code))
         self._paths[wd] = folder
-        return True
+        return wd
 
     def _take_in(self) -> bool:
         """Read what is queued, keeping the watches in step; True when the tree must be
@@ -204,14 +213,25 @@ class TreeWatch:
                     rewatch = True
                 elif mask & _IN_IGNORED:
                     self._paths.pop(wd, None)
-                    # The root removed: a new folder there (perhaps with the same inode
-                    # number) is not watched.
-                    rewatch = rewatch or wd == self._root_wd
+                    # The root (or a folder of ``also``) removed: a new folder there
+                    # (perhaps with the same inode number) is not watched.
+                    rewatch = rewatch or wd in self._top_wds
                 elif mask & (_IN_CREATE | _IN_MOVED_TO) and mask & _IN_ISDIR:
                     parent = self._paths.get(wd)
-                    if parent is not None and not rewatch:
+                    if parent is not None and not rewatch and not self._flat(parent):
                         self._watch_tree(os.path.join(parent, name))
-        return rewatch or self._root_id != _identity(self.root)
+        return rewatch or self._moved()
+
+    def _flat(self, folder: bytes) -> bool:
+        """Whether ``folder`` is one of ``also``, watched without the folders in it."""
+        return any(folder == os.fsencode(path) for path in self.also)
+
+    def _identities(self) -> list[tuple[int, int] | None]:
+        return [_identity(path) for path in (self.root, *self.also)]
+
+    def _moved(self) -> bool:
+        """Whether the root or a folder of ``also`` is no longer the folder watched."""
+        return self._ids != self._identities()
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
