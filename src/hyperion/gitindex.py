@@ -18,12 +18,14 @@ and the caller asks git.
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 #: An index with more entries than this is left to git: walking every entry in Python
 #: would cost more than git's process (the walk is linear in the entries).
-MAX_ENTRIES = 5000
+MAX_ENTRIES = 2000
 
 _HEADER = b"DIRC"
 _ID_SIZE = 20
@@ -33,6 +35,8 @@ _NAME_LENGTH = 0x0FFF
 _STAGE = 0x3000
 _EXTENDED = 0x4000
 _MODES = frozenset({0o100644, 0o100755, 0o120000, 0o160000})
+#: A cache-tree node's header: name, NUL, entry count (-1: invalid), space, subtrees, LF.
+_NODE = re.compile(rb"([^\0/]*)\0(-1|\d{1,9}) (\d{1,9})\n")
 
 
 @dataclass(frozen=True)
@@ -116,31 +120,25 @@ def _cache_tree(ext: bytes, cached: dict[bytes, bytes]) -> bool:
     """Read the ``TREE`` extension into ``cached`` (folder -> raw tree id, valid entries
     only). Each node: its name (the root's is empty), NUL, its entry count (-1: invalid),
     a space, its subtree count, LF, the id when valid, then its subtrees, depth first."""
-    stack: list[tuple[bytes, int]] = []      # (folder, subtrees still to read)
+    stack: list[list[Any]] = []      # [folder, subtrees still to read]
+    match = _NODE.match
     offset = 0
-    root_read = False
     while offset < len(ext):
-        nul = ext.find(b"\0", offset)
-        newline = ext.find(b"\n", nul + 1) if nul >= 0 else -1
-        if newline < 0:
+        node = match(ext, offset)
+        if node is None:
             return False
-        name = ext[offset:nul]
-        try:
-            entries_text, subtrees_text = ext[nul + 1:newline].split(b" ")
-            entries, subtrees = int(entries_text), int(subtrees_text)
-        except ValueError:
-            return False
-        offset = newline + 1
+        name, entries, subtrees = node.group(1), int(node.group(2)), int(node.group(3))
+        offset = node.end()
         while stack and stack[-1][1] == 0:
             stack.pop()
         if stack:
-            parent, left = stack[-1]
-            stack[-1] = (parent, left - 1)
-            if not name or b"/" in name:
+            parent = stack[-1]
+            parent[1] -= 1
+            if not name:
                 return False
-            folder = parent + b"/" + name if parent else name
-        elif not root_read and not name:
-            folder, root_read = b"", True
+            folder = parent[0] + b"/" + name if parent[0] else name
+        elif node.start() == 0 and not name:
+            folder = b""        # the root comes first, and only once
         else:
             return False
         if entries >= 0:
@@ -148,7 +146,5 @@ def _cache_tree(ext: bytes, cached: dict[bytes, bytes]) -> bool:
                 return False
             cached[folder] = ext[offset:offset + _ID_SIZE]
             offset += _ID_SIZE
-        if subtrees < 0:
-            return False
-        stack.append((folder, subtrees))
+        stack.append([folder, subtrees])
     return all(left == 0 for _, left in stack)

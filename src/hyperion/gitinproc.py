@@ -40,6 +40,9 @@ from hyperion.refswap import Reflog, should_autocreate, swap
 
 #: Folders whose last tree tree_of_index keeps; beyond that it starts afresh.
 _MAX_KNOWN_FOLDERS = 10_000
+#: A tree object written or refreshed this recently is not refreshed again (git gc prunes
+#: loose objects left over for two weeks unless told otherwise).
+_FRESH_S = 600.0
 _COMMIT = 1     # dulwich's type numbers
 _TREE = 2
 _BLOB = 3
@@ -73,7 +76,7 @@ class InProcessGit:
         # Per folder, the entries of its tree written last from a worktree's index and that
         # tree: the folders an apply did not touch but the index's cache-tree left marked
         # invalid (nothing rewrites it between applies) are the same again.
-        self._index_trees: dict[bytes, tuple[list[Any], list[Any], Any]] = {}
+        self._index_trees: dict[bytes, tuple[list[Any], list[Any], Any, float]] = {}
         self._roots: dict[str, bytes] = {}
 
     def _open(self) -> Any:
@@ -305,27 +308,31 @@ class InProcessGit:
         ids: dict[bytes, ObjectID] = {}
         rebuilt: list[bytes] = []       # parents before their subfolders
         pending = [b""]
-        while pending:
-            folder = pending.pop()
-            cached = index.cached.get(folder)
-            if cached is not None:
-                ids[folder] = ObjectID(cached.hex().encode())
-                continue
-            rebuilt.append(folder)
-            pending.extend(subfolders.get(folder, ()))
         with self._lock:
             repo = self._open()
             if repo is None:
                 return None
             try:
+                while pending:
+                    folder = pending.pop()
+                    cached = index.cached.get(folder)
+                    # As git does: a valid cache-tree id counts while its tree is there.
+                    if cached is not None and _exists(repo, oid := ObjectID(
+                            cached.hex().encode())):
+                        ids[folder] = oid
+                        continue
+                    rebuilt.append(folder)
+                    pending.extend(subfolders.get(folder, ()))
+                now = time.monotonic()
                 for folder in reversed(rebuilt):
                     files = index.files.get(folder, [])
                     subs = [(sub.rpartition(b"/")[2], ids[sub])
                             for sub in subfolders.get(folder, ())]
                     known = self._index_trees.get(folder)
                     if known is not None and known[0] == files and known[1] == subs:
-                        tree = known[2]
+                        tree, written = known[2], known[3]
                     else:
+                        written = None
                         entries = [(name + b"/", b"40000 %s\0%s" % (name, bytes.fromhex(
                             sub_id.decode()))) for name, sub_id in subs]
                         entries += [(name, b"%o %s\0%s" % (mode, name, oid))
@@ -337,10 +344,12 @@ class InProcessGit:
                         tree = ShaFile.from_raw_string(_TREE, b"".join(e for _, e in entries))
                         if len(self._index_trees) >= _MAX_KNOWN_FOLDERS:
                             self._index_trees.clear()
-                        self._index_trees[folder] = (files, subs, tree)
-                    # Written, or when it is there, its time refreshed (as git does: a
-                    # git gc running meanwhile must not prune it as an old leftover).
-                    repo.object_store.add_object(tree)
+                    if written is None or now - written > _FRESH_S:
+                        # Written, or when it is there, its time refreshed (as git does:
+                        # a git gc must not prune it as an old leftover).
+                        repo.object_store.add_object(tree)
+                        written = now
+                    self._index_trees[folder] = (files, subs, tree, written)
                     ids[folder] = tree.id
             except Exception:
                 return None
@@ -491,6 +500,16 @@ def _object(repo: Any, sha: bytes) -> Any:
         except FileNotFoundError:
             pass
     return repo.object_store[sha]
+
+
+def _exists(repo: Any, sha: bytes) -> bool:
+    """Whether the object ``sha`` (40 hex digits) is in the repository: its loose file, else
+    a pack (dulwich's own test reads a loose object whole)."""
+    from dulwich.objects import hex_to_filename
+
+    if os.path.exists(hex_to_filename(repo.object_store.path, sha.decode())):
+        return True
+    return bool(repo.object_store.contains_packed(sha))
 
 
 def _raw(repo: Any, sha: bytes) -> tuple[int, bytes]:
