@@ -151,3 +151,52 @@ def test_a_closed_watch_holds_no_descriptor(tmp_path: Path) -> None:
         watch.close()
         watch.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def _tree_and_beside(tmp_path: Path) -> tuple[Path, Path, TreeWatch]:
+    """A tree, and a folder outside it (as a worktree's folder in its repository) watched
+    by itself beside it."""
+    root = _tree(tmp_path / "tree")
+    beside = tmp_path / "repo" / "worktrees" / "w0"
+    (beside / "logs").mkdir(parents=True)
+    (beside / "HEAD").write_text("a" * 40 + "\n")
+    watch = TreeWatch.open(root, (beside,))
+    assert watch is not None and watch.mark() and not watch.changed()
+    return root, beside, watch
+
+
+@pytest.mark.parametrize("change", [
+    lambda b: (b / "HEAD").write_text("b" * 40 + "\n"),
+    lambda b: os.utime(b / "HEAD", (1, 1)),
+    lambda b: ((b / "index.lock").write_text("x"), (b / "index.lock").rename(b / "index")),
+    lambda b: b.rename(b.parent / "w0.gone"),
+    # The folder above replaced by a copy: no event reaches the watch, the path now names
+    # another folder.
+    lambda b: (shutil.copytree(b.parent, b.parent.with_name("copy")),
+               b.parent.rename(b.parent.with_name("old")),
+               b.parent.with_name("copy").rename(b.parent)),
+], ids=["write", "touch", "renamed-over", "moved-away", "parent-replaced"])
+def test_a_change_in_a_folder_watched_beside_the_tree_is_seen(
+        tmp_path: Path, change: Callable[[Path], object]) -> None:
+    _root, beside, watch = _tree_and_beside(tmp_path)
+    try:
+        change(beside)
+        assert watch.changed()
+    finally:
+        watch.close()
+
+
+def test_a_folder_watched_beside_the_tree_is_watched_by_itself(tmp_path: Path) -> None:
+    """Its own files count, not what is inside its folders (a worktree's reflog), and a
+    folder made in it between marks gets no watch."""
+    _root, beside, watch = _tree_and_beside(tmp_path)
+    try:
+        (beside / "logs" / "HEAD").write_text("reflog line\n")
+        assert not watch.changed()
+        (beside / "refs").mkdir()
+        assert watch.changed()
+        assert watch.mark() and not watch.changed()
+        (beside / "refs" / "x").write_text("x\n")
+        assert not watch.changed()
+    finally:
+        watch.close()

@@ -555,7 +555,9 @@ class GitRepo:
 
     def commit(self, worktree: Path, parent: str, message: str, author: tuple[str, str],
                author_date: str | None = None) -> str:
-        """Commit the worktree's index on ``parent`` (its HEAD); HEAD moves there."""
+        """Commit the worktree's index on ``parent`` (its HEAD); HEAD moves there. Its tree is
+        written in-process when gitindex reads the index (gitinproc.tree_of_index), else by
+        ``git write-tree``."""
         admin = _admin_dir(worktree)
         tree = self._tree_of_index(admin) or _out(["write-tree"], cwd=worktree)
         sha, admin, mark = self._commit_object(worktree, tree, parent, message, author,

@@ -17,10 +17,11 @@ a wrong result.
 
 A slot given back stays locked by this process (no other hyperion can touch it before its next
 use here) and is left as its check left it. The next checkout of that repository takes it.
-When it is at the wanted commit with the very index this process committed there (the usual
-case: the request before landed it there), and the kernel saw nothing written in its files
-from right before that request's check on (:meth:`Slot.watch_from_here`, treewatch.py), the
-slot is handed out proven: nothing can be there but the commit. Otherwise it is handed out
+When it is at the wanted commit, this process's last commit there (the usual case: the
+request before landed it there), and the kernel saw nothing written in its files, nor in its
+folder in the repository (its HEAD and index), from right before that request's check on
+(:meth:`Slot.watch_from_here`, treewatch.py), the slot is handed out proven without reading
+anything: nothing can be there but the commit. Otherwise it is handed out
 *unproven*
 (:meth:`WorktreePool.checkout_unproven`): the caller applies its patch, and the guard runs
 beside the ``write-tree`` of its commit (gitops.GitRepo.commit_proving_clean), so the check
@@ -198,8 +199,9 @@ class Slot:
 
     def watch_from_here(self) -> None:
         """Call right before the slot's checks run (it is trusted then): from here on, what is
-        done to its files is seen, and the next checkout at this commit takes the slot as
-        proven when nothing was (treewatch.py), without the proof beside its write-tree."""
+        done to its files, and to its folder in the repository (HEAD, index), is seen, and the
+        next checkout at this commit takes the slot as proven when nothing was (treewatch.py),
+        without reading them or proving them clean."""
         if self._watch is None:
             admin = self._repo.admin_folder(self.path)
             self._watch = TreeWatch.open(self.path, (admin,)) if admin is not None else None

@@ -8,6 +8,11 @@ mapping, whose file must have been opened for writing), deleted, renamed or give
 metadata (mode, times, owner), and a folder made, removed or moved. Reading reports nothing
 here (no access or open events are asked for).
 
+Folders outside the tree can be watched beside it, each by itself (``also``): the pool watches
+a worktree's folder in the repository, which holds its HEAD and index. For the tree's root and
+those folders, a folder now at their path that is not the one watched (a parent renamed and
+replaced) counts as a change too.
+
 Events our own git commands cause between two windows (an apply, a reset) are taken in at
 the next mark: a folder they made gets its watches, one they removed loses them. A folder
 moved, a queue that overflowed, or a root that is no longer the folder it was makes the next
