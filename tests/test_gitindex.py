@@ -189,3 +189,27 @@ def test_no_bytes_make_it_raise(data: bytes, cut: int) -> None:
     for candidate in (data, body + hashlib.sha1(body).digest()):
         result = read_index(candidate)
         assert result is None or isinstance(result, gitindex.IndexTree)
+
+
+def test_folders_whose_trees_are_packed_are_taken_from_the_cache_tree(tmp_path: Path) -> None:
+    work = make_repo(tmp_path / "r", {"a/b/x": "1\n", "c/y": "2\n", "z": "3\n"})
+    git(work, "gc", "-q")
+    assert not [p for p in (work / ".git" / "objects").iterdir() if len(p.name) == 2]
+    (work / "z").write_text("4\n")
+    git(work, "add", "z")
+    index = read_index(_index(work))
+    assert index is not None and set(index.cached) == {b"a", b"a/b", b"c"}
+    assert _tree_of_index(work) == _git_tree(work)
+
+
+def test_a_cached_tree_that_is_gone_is_written_again(tmp_path: Path) -> None:
+    """git counts a valid cache-tree id only while its tree is there; so does this."""
+    work = make_repo(tmp_path / "r", {"a/x": "1\n", "z": "3\n"})
+    (work / "z").write_text("4\n")
+    git(work, "add", "z")
+    folder_tree = git(work, "rev-parse", "HEAD:a").strip()
+    loose = work / ".git" / "objects" / folder_tree[:2] / folder_tree[2:]
+    loose.unlink()
+    mine = _tree_of_index(work)
+    assert loose.exists()       # before git writes anything
+    assert mine == _git_tree(work)
