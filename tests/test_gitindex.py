@@ -164,6 +164,7 @@ def test_more_entries_than_it_walks_are_left_to_git(tmp_path: Path,
     assert read_index(_index(work)) is not None
     monkeypatch.setattr(gitindex, "MAX_ENTRIES", 4)
     assert read_index(_index(work)) is None
+    assert GitRepo.at(work)._tree_of_index(work / ".git") is None     # from its header
 
 
 def test_damaged_indexes_are_refused(tmp_path: Path) -> None:

@@ -50,15 +50,22 @@ class IndexTree:
     folders: set[bytes]
 
 
+def small_index(header: bytes) -> bool:
+    """Whether an index file's first 12 bytes are those of one :func:`read_index` may read:
+    version 2, at most :data:`MAX_ENTRIES` entries."""
+    return (len(header) == 12 and header[:4] == _HEADER
+            and int.from_bytes(header[4:8], "big") == 2
+            and int.from_bytes(header[8:12], "big") <= MAX_ENTRIES)
+
+
 def read_index(data: bytes) -> IndexTree | None:
     """The entries and valid cache-tree ids of an index file's bytes; None when it is not
     the plain case this module reads (see the module's docstring)."""
     size = len(data)
-    if size < 12 + _ID_SIZE or data[:4] != _HEADER or int.from_bytes(data[4:8], "big") != 2:
+    if size < 12 + _ID_SIZE or not small_index(data[:12]) or \
+            hashlib.sha1(data[:-_ID_SIZE]).digest() != data[-_ID_SIZE:]:
         return None
     count = int.from_bytes(data[8:12], "big")
-    if count > MAX_ENTRIES or hashlib.sha1(data[:-_ID_SIZE]).digest() != data[-_ID_SIZE:]:
-        return None
     end = size - _ID_SIZE
     files: dict[bytes, list[tuple[bytes, int, bytes]]] = {}
     folders: set[bytes] = {b""}

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hyperion.gitindex import small_index
 from hyperion.gitinproc import InProcessGit
 from hyperion.refswap import ZERO_OID
 from hyperion.run import find_program
@@ -601,7 +602,11 @@ class GitRepo:
         if admin is None or self._inproc is None:
             return None
         try:
-            data = (admin / "index").read_bytes()
+            with open(admin / "index", "rb") as index:
+                header = index.read(12)
+                if not small_index(header):
+                    return None     # not read whole: git writes its tree
+                data = header + index.read()
         except OSError:
             return None
         return self._inproc.tree_of_index(data)
