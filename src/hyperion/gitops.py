@@ -194,22 +194,31 @@ def _index_mark(admin: Path | None) -> _IndexMark | None:
         return None
     try:
         st = os.fstat(fd)
-        header = os.pread(fd, 8, 0)
-        checksum = os.pread(fd, 32, max(0, st.st_size - 32))
+        return _mark_of(st, os.pread(fd, 8, 0), os.pread(fd, 32, max(0, st.st_size - 32)))
     except OSError:
         return None
     finally:
         os.close(fd)
-    version = int.from_bytes(header[4:], "big") if header[:4] == b"DIRC" else None
+
+
+def _mark_of(st: os.stat_result, header: bytes, checksum: bytes) -> _IndexMark:
+    """The mark of an index file from its stat data, its first 8 bytes and its last 32."""
+    version = int.from_bytes(header[4:8], "big") if header[:4] == b"DIRC" else None
     return _IndexMark(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, checksum, version)
 
 
-def _index_as_committed(worktree: Path, commit: str, admin: Path | None = None) -> bool:
-    """The worktree's index is the very file this process wrote ``commit`` from, and of
-    version 2 (which cannot mark a file skip-worktree or assume-unchanged)."""
+def _made_here(worktree: Path, commit: str) -> bool:
+    """This process's last commit in ``worktree`` is ``commit``, from an index of version 2
+    (which cannot mark a file skip-worktree or assume-unchanged)."""
     mark = _COMMITTED_INDEX.get(worktree)
-    return (mark is not None and mark[0] == commit and mark[1].version == 2
-            and mark[1] == _index_mark(admin or _admin_dir(worktree)))
+    return mark is not None and mark[0] == commit and mark[1].version == 2
+
+
+def _index_as_committed(worktree: Path, commit: str, admin: Path | None = None) -> bool:
+    """The worktree's index is the very file this process wrote ``commit`` from (and of
+    version 2)."""
+    return (_made_here(worktree, commit) and
+            _COMMITTED_INDEX[worktree][1] == _index_mark(admin or _admin_dir(worktree)))
 
 
 def _index_version(worktree: Path) -> int | None:
@@ -446,8 +455,7 @@ class GitRepo:
         """Whether this process's last commit in the slot ``path`` is ``commit``, written from
         an index of version 2: what :meth:`index_as_committed` then finds on disk unless
         something changed the slot's files in the repository since (known from memory)."""
-        mark = _COMMITTED_INDEX.get(path)
-        return mark is not None and mark[0] == commit and mark[1].version == 2
+        return _made_here(path, commit)
 
     def admin_folder(self, path: Path) -> Path | None:
         """The worktree ``path``'s folder in this repository (its HEAD and index), when its
@@ -560,9 +568,15 @@ class GitRepo:
         written in-process when gitindex reads the index (gitinproc.tree_of_index), else by
         ``git write-tree``."""
         admin = _admin_dir(worktree)
-        tree = self._tree_of_index(admin) or _out(["write-tree"], cwd=worktree)
-        sha, admin, mark = self._commit_object(worktree, tree, parent, message, author,
-                                               author_date, admin)
+        in_process = self._tree_of_index(admin)
+        mark: _IndexMark | None
+        if in_process is not None:
+            tree, mark = in_process
+            sha = self.commit_tree(tree, parent, message, author, author_date)
+        else:
+            sha, admin, mark = self._commit_object(
+                worktree, _out(["write-tree"], cwd=worktree), parent, message, author,
+                author_date, admin)
         self._head_moved(worktree, parent, sha, admin, mark)
         return sha
 
@@ -596,9 +610,10 @@ class GitRepo:
         self._head_moved(worktree, parent, sha, admin, mark)
         return sha
 
-    def _tree_of_index(self, admin: Path | None) -> str | None:
+    def _tree_of_index(self, admin: Path | None) -> tuple[str, _IndexMark] | None:
         """What ``git write-tree`` would write from the index in ``admin`` (a worktree's folder
-        in the repository), written in-process when gitindex reads it; None: ask git."""
+        in the repository), written in-process when gitindex reads it, and the mark of that
+        index (read once for both); None: ask git."""
         if admin is None or self._inproc is None:
             return None
         try:
@@ -607,9 +622,11 @@ class GitRepo:
                 if not small_index(header):
                     return None     # not read whole: git writes its tree
                 data = header + index.read()
+                st = os.fstat(index.fileno())
         except OSError:
             return None
-        return self._inproc.tree_of_index(data)
+        tree = self._inproc.tree_of_index(data)
+        return None if tree is None else (tree, _mark_of(st, header, data[-32:]))
 
     def _commit_object(self, worktree: Path, tree: str, parent: str, message: str,
                        author: tuple[str, str], author_date: str | None,
